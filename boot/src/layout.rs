@@ -1,0 +1,179 @@
+//! The one definition of Vellum's physical memory layout.
+//!
+//! `boot/` (assembly and Rust), `kernel/` and `image/` all take their addresses
+//! from this module; the linker script `boot/linker.ld` is checked against it by
+//! `boot/build.rs`-free means: the image tool reads the linked boot ELF and refuses
+//! to lay out an image whose sections disagree with these constants.
+//!
+//! Everything is identity-mapped (virtual = physical) by the boot page tables.
+//!
+//! ```text
+//! Guest physical address map (QEMU q35, `-bios target/vellum.bin`, image of S bytes)
+//!
+//! 0x0000_0000 ..0x0000_1000   untouched (real-mode IVT/BDA); never used
+//! 0x0000_1000 ..0x0000_2000   SNP secrets page            ASEV type 2 (SECRETS)
+//! 0x0000_2000 ..0x0000_3000   SNP CPUID page              ASEV type 3 (CPUID)
+//! 0x0000_3000 ..0x0000_9000   boot page tables            ASEV type 1 (SNP_SEC_MEM) ┐
+//!                             PML4 0x3000, PDPT 0x4000,                              │
+//!                             PD[0..4] 0x5000..0x9000 (2 MiB pages, 0..4 GiB)        │
+//! 0x0000_9000 ..0x0001_0000   spare, part of SEC_MEM                                 │
+//! 0x0001_0000 ..0x0006_0000   boot code/data/bss, copied from ROM at reset           │
+//! 0x0006_0000 ..0x0008_0000   boot stack (grows down from 0x8_0000)                  │
+//! 0x0008_0000 ..0x0009_0000   hand-off area: BootInfo, memory regions, Handoff       ┘
+//! 0x0009_0000 ..0x000A_0000   usable RAM
+//! 0x000A_0000 ..0x0010_0000   legacy VGA/option-ROM/BIOS hole: never RAM for us
+//! 0x0010_0000 ..0x0020_0000   usable RAM
+//! 0x0020_0000 ..kernel_end    kernel ELF segments (linked here), then its stack
+//! kernel_end  ..top of RAM    usable: heap, shared pool (carved by the kernel)
+//!
+//! 4 GiB - S   ..4 GiB - 128K  kernel payload (header + segment bytes) in the image
+//! 4 GiB - 128K..4 GiB         boot ROM: asm entry, boot RAM image (LMA), GDT, then
+//! 4 GiB - 0x420..4 GiB - 0x20   the GUIDed table window (ASEV metadata + table,
+//!                               written by `image`, right-aligned to 4 GiB - 0x20)
+//! 4 GiB - 0x30                footer GUID (inside the window's last 16 bytes)
+//! 4 GiB - 0x10                reset vector (first instruction)
+//! ```
+//!
+//! SNP: the launch validates the whole image (as NORMAL pages) and the ASEV ranges
+//! above; boot must never PVALIDATE those again (`snp-reference.md` §4).
+
+/// Size of a small page.
+pub const PAGE_SIZE: u64 = 0x1000;
+/// Size of a large (2 MiB) page.
+pub const LARGE_PAGE_SIZE: u64 = 0x20_0000;
+
+/// The image is mapped so that it ends here (QEMU `x86_bios_rom_init`).
+pub const FIRMWARE_TOP: u64 = 0x1_0000_0000;
+/// QEMU requires the `-bios` file size to be a non-zero multiple of this.
+pub const IMAGE_ALIGN: u64 = 0x1_0000;
+/// Largest image we produce (stays clear of the IOAPIC/LAPIC; `snp-reference.md` §1.1).
+pub const IMAGE_MAX_SIZE: u64 = 8 << 20;
+
+/// Size of the boot ROM region at the top of the image (boot ELF's ROM part).
+pub const BOOT_ROM_SIZE: u64 = 0x2_0000;
+/// Where the boot ROM region starts.
+pub const BOOT_ROM_BASE: u64 = FIRMWARE_TOP - BOOT_ROM_SIZE;
+/// Real-mode reachable window (CS base 0xFFFF_0000): the 16-bit code lives here.
+pub const REAL_MODE_WINDOW: u64 = FIRMWARE_TOP - 0x1_0000;
+/// The reset vector: the first instruction the CPU executes.
+pub const RESET_VECTOR: u64 = FIRMWARE_TOP - 0x10;
+/// The GUIDed table ends here (the 32 bytes above are the reset-vector area).
+pub const FW_TABLE_END: u64 = FIRMWARE_TOP - 0x20;
+/// Bytes reserved below [`FW_TABLE_END`] for the ASEV metadata block and the table.
+pub const FW_TABLE_WINDOW: u64 = 0x400;
+/// Start of the reserved window.
+pub const FW_TABLE_START: u64 = FW_TABLE_END - FW_TABLE_WINDOW;
+
+/// SNP secrets page (ASEV type 2).
+pub const SNP_SECRETS_PAGE: u64 = 0x1000;
+/// SNP CPUID page (ASEV type 3).
+pub const SNP_CPUID_PAGE: u64 = 0x2000;
+
+/// Boot page tables: PML4.
+pub const BOOT_PML4: u64 = 0x3000;
+/// Boot page tables: the one PDPT.
+pub const BOOT_PDPT: u64 = 0x4000;
+/// Boot page tables: four page directories (0..4 GiB in 2 MiB pages).
+pub const BOOT_PD0: u64 = 0x5000;
+/// Number of page directories the boot tables use.
+pub const BOOT_PD_COUNT: u64 = 4;
+/// End of the boot page tables.
+pub const BOOT_PAGE_TABLES_END: u64 = BOOT_PD0 + BOOT_PD_COUNT * PAGE_SIZE;
+
+/// Boot's RAM image (code, rodata, data, bss) is linked and copied here.
+pub const BOOT_RAM_BASE: u64 = 0x1_0000;
+/// End of boot's RAM image area.
+pub const BOOT_RAM_END: u64 = 0x6_0000;
+/// Top of the boot stack (grows down to [`BOOT_RAM_END`]).
+pub const BOOT_STACK_TOP: u64 = 0x8_0000;
+
+/// Hand-off area: the `BootInfo`, the memory-region array and [`crate::abi::Handoff`].
+pub const HANDOFF_BASE: u64 = 0x8_0000;
+/// End of the hand-off area.
+pub const HANDOFF_END: u64 = 0x9_0000;
+
+/// Pre-validated boot memory (ASEV type 1, SNP_SEC_MEM): page tables through hand-off.
+pub const SEC_MEM_START: u64 = BOOT_PML4;
+/// End of the pre-validated boot memory.
+pub const SEC_MEM_END: u64 = HANDOFF_END;
+
+/// Legacy hole (VGA, option ROMs, BIOS alias): never treated as RAM.
+pub const LEGACY_HOLE_START: u64 = 0xA_0000;
+/// End of the legacy hole.
+pub const LEGACY_HOLE_END: u64 = 0x10_0000;
+
+/// Lowest address a kernel segment may be loaded at (its link base).
+pub const KERNEL_BASE: u64 = 0x20_0000;
+/// Kernel segments plus stack must end below this.
+pub const KERNEL_LIMIT: u64 = 0x100_0000;
+
+/// The boot page tables identity-map this much (2 MiB pages).
+pub const IDENTITY_MAPPED_END: u64 = BOOT_PD_COUNT << 30;
+
+/// Round `x` up to a multiple of `align` (a power of two). `None` on overflow.
+pub const fn align_up(x: u64, align: u64) -> Option<u64> {
+    match x.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}
+
+/// Round `x` down to a multiple of `align` (a power of two).
+pub const fn align_down(x: u64, align: u64) -> u64 {
+    x & !(align - 1)
+}
+
+// The layout rules, checked at compile time.
+const _: () = {
+    assert!(BOOT_PAGE_TABLES_END <= BOOT_RAM_BASE);
+    assert!(BOOT_RAM_END <= BOOT_STACK_TOP);
+    assert!(BOOT_STACK_TOP <= HANDOFF_BASE);
+    assert!(HANDOFF_END <= LEGACY_HOLE_START);
+    assert!(LEGACY_HOLE_END <= KERNEL_BASE);
+    assert!(SNP_CPUID_PAGE + PAGE_SIZE <= SEC_MEM_START);
+    assert!(SNP_SECRETS_PAGE + PAGE_SIZE <= SNP_CPUID_PAGE);
+    assert!(FW_TABLE_START > REAL_MODE_WINDOW);
+    assert!(KERNEL_BASE % LARGE_PAGE_SIZE == 0);
+    assert!(SEC_MEM_START % PAGE_SIZE == 0 && SEC_MEM_END % PAGE_SIZE == 0);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn align_helpers() {
+        assert_eq!(align_up(0, 0x1000), Some(0));
+        assert_eq!(align_up(1, 0x1000), Some(0x1000));
+        assert_eq!(align_up(0x1000, 0x1000), Some(0x1000));
+        assert_eq!(align_up(u64::MAX, 0x1000), None);
+        assert_eq!(align_down(0x1fff, 0x1000), 0x1000);
+    }
+
+    #[test]
+    fn snp_ranges_do_not_overlap() {
+        let ranges = [
+            (SNP_SECRETS_PAGE, SNP_SECRETS_PAGE + PAGE_SIZE),
+            (SNP_CPUID_PAGE, SNP_CPUID_PAGE + PAGE_SIZE),
+            (SEC_MEM_START, SEC_MEM_END),
+        ];
+        for (i, a) in ranges.iter().enumerate() {
+            for b in &ranges[i + 1..] {
+                assert!(a.1 <= b.0 || b.1 <= a.0, "{a:x?} overlaps {b:x?}");
+            }
+        }
+        // All in low RAM, below the legacy hole, page aligned.
+        for (s, e) in ranges {
+            assert!(e <= LEGACY_HOLE_START);
+            assert_eq!(s % PAGE_SIZE, 0);
+            assert_eq!(e % PAGE_SIZE, 0);
+        }
+    }
+
+    #[test]
+    fn boot_rom_holds_the_table_window_and_reset_vector() {
+        assert!(FW_TABLE_START >= BOOT_ROM_BASE);
+        assert!(RESET_VECTOR > FW_TABLE_END);
+        assert_eq!(FIRMWARE_TOP - RESET_VECTOR, 16);
+    }
+}

@@ -1,0 +1,2 @@
+//! The Vellum kernel library.
+#![cfg_attr(not(test), no_std)]

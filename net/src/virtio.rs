@@ -1,0 +1,1 @@
+//! Legacy virtio-net over the shared pool.
