@@ -1,3 +1,302 @@
+//! Vellum's firmware stage, the first code that runs after reset.
+//!
+//! `entry.s` takes the CPU from the reset vector to 64-bit mode with identity
+//! page tables, copies this Rust image into RAM and calls [`boot_main`], which
+//! reads the memory map from fw_cfg, loads the kernel payload's segments,
+//! builds a `bootloader_api::BootInfo` and jumps to the kernel's entry point.
+//! Everything it computes comes from the host-tested modules of the
+//! `vellum_boot` library; what lives here is the hardware access.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+
 #[cfg(not(target_os = "none"))]
-fn main() {}
+fn main() {
+    eprintln!("vellum-boot is a bare-metal firmware stage; build it with `image build`.");
+}
+
+#[cfg(target_os = "none")]
+mod firmware {
+    use bootloader_api::{
+        BootInfo,
+        info::{MemoryRegion, Optional},
+    };
+    use core::{arch::global_asm, fmt::Write, panic::PanicInfo};
+    use vellum_boot::{
+        abi::{self, Handoff},
+        e820::{self, E820},
+        fwcfg, fwtable,
+        layout::{self, FIRMWARE_TOP},
+        payload,
+        regions::Regions,
+    };
+
+    /// CPUID(1).ECX bits the Rust code is compiled to use: SSE3, PCLMULQDQ,
+    /// SSSE3, SSE4.1, SSE4.2, POPCNT, AES, XSAVE, AVX.
+    const REQUIRED_ECX: u32 = (1 << 0)
+        | (1 << 1)
+        | (1 << 9)
+        | (1 << 19)
+        | (1 << 20)
+        | (1 << 23)
+        | (1 << 25)
+        | (1 << 26)
+        | (1 << 28);
+
+    global_asm!(
+        include_str!("entry.s"),
+        stack_top = const layout::BOOT_STACK_TOP,
+        pml4 = const layout::BOOT_PML4,
+        pdpt = const layout::BOOT_PDPT,
+        pd0 = const layout::BOOT_PD0,
+        pd_count = const layout::BOOT_PD_COUNT,
+        pt_end = const layout::BOOT_PAGE_TABLES_END,
+        required_ecx = const REQUIRED_ECX,
+        options(att_syntax)
+    );
+
+    mod io {
+        //! Port I/O. Plain QEMU only for now: under SEV-SNP these become GHCB
+        //! IOIO exits.
+        use core::arch::asm;
+
+        /// Writes a byte to an I/O port.
+        pub fn outb(port: u16, value: u8) {
+            // SAFETY: boot only writes the ports of devices it drives (COM1,
+            // fw_cfg, isa-debug-exit); none of them can affect memory safety.
+            unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+        }
+
+        /// Writes a 16-bit value to an I/O port.
+        pub fn outw(port: u16, value: u16) {
+            // SAFETY: as for `outb`: only the fw_cfg selector is written.
+            unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) };
+        }
+
+        /// Reads a byte from an I/O port.
+        pub fn inb(port: u16) -> u8 {
+            let v: u8;
+            // SAFETY: reading COM1 status or the fw_cfg data port has no effect
+            // on memory.
+            unsafe { asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags)) };
+            v
+        }
+
+        /// Reads the time-stamp counter.
+        pub fn rdtsc() -> u64 {
+            let (lo, hi): (u32, u32);
+            // SAFETY: RDTSC only reads a counter.
+            unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+            (u64::from(hi) << 32) | u64::from(lo)
+        }
+    }
+
+    const COM1: u16 = 0x3F8;
+
+    struct Serial;
+
+    impl Serial {
+        fn init() {
+            io::outb(COM1 + 1, 0x00); // no interrupts
+            io::outb(COM1 + 3, 0x80); // DLAB
+            io::outb(COM1, 0x01); // 115200 baud
+            io::outb(COM1 + 1, 0x00);
+            io::outb(COM1 + 3, 0x03); // 8N1
+            io::outb(COM1 + 2, 0xC7); // FIFO on, cleared
+            io::outb(COM1 + 4, 0x03); // DTR, RTS
+        }
+    }
+
+    impl Write for Serial {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            for b in s.bytes() {
+                if b == b'\n' {
+                    io::outb(COM1, b'\r');
+                }
+                io::outb(COM1, b);
+            }
+            Ok(())
+        }
+    }
+
+    /// Stops the machine after a fatal boot error: exit QEMU through
+    /// isa-debug-exit when present (status 0x11, QEMU exits 35), else halt.
+    fn fail(args: core::fmt::Arguments<'_>) -> ! {
+        let _ = writeln!(Serial, "vellum-boot: fatal: {args}");
+        io::outb(0xF4, 0x11);
+        loop {
+            // SAFETY: HLT with interrupts disabled parks the CPU; nothing else runs.
+            unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &PanicInfo<'_>) -> ! {
+        fail(format_args!("panic: {info}"))
+    }
+
+    /// Reads `len` bytes of the fw_cfg item `select` into `buf`.
+    fn fw_cfg_read(select: u16, buf: &mut [u8]) {
+        io::outw(fwcfg::PORT_SELECTOR, select);
+        for b in buf.iter_mut() {
+            *b = io::inb(fwcfg::PORT_DATA);
+        }
+    }
+
+    /// Finds the e820 map through the fw_cfg file directory and reads it into
+    /// `buf`, returning the bytes read.
+    fn read_e820(buf: &mut [u8]) -> usize {
+        let mut sig = [0u8; 4];
+        fw_cfg_read(fwcfg::SEL_SIGNATURE, &mut sig);
+        if sig != fwcfg::SIGNATURE {
+            fail(format_args!("no QEMU fw_cfg device (signature {sig:02x?})"));
+        }
+        let mut count = [0u8; 4];
+        fw_cfg_read(fwcfg::SEL_FILE_DIR, &mut count);
+        // The directory read continues where the count ended.
+        let mut found = None;
+        for _ in 0..fwcfg::dir_count(count) {
+            let mut entry = [0u8; fwcfg::DIR_ENTRY_LEN];
+            for b in entry.iter_mut() {
+                *b = io::inb(fwcfg::PORT_DATA);
+            }
+            if found.is_none() {
+                found = fwcfg::match_entry(&entry, "etc/e820");
+            }
+        }
+        let Some(file) = found else {
+            fail(format_args!("fw_cfg has no etc/e820"));
+        };
+        let size = file.size as usize;
+        if size > buf.len() {
+            fail(format_args!("etc/e820 is {size} bytes, more than {} entries", e820::MAX_ENTRIES));
+        }
+        fw_cfg_read(file.select, &mut buf[..size]);
+        size
+    }
+
+    /// A read-only view of `len` bytes of the firmware image at `gpa`.
+    fn firmware_bytes(gpa: u64, len: u64) -> &'static [u8] {
+        assert!(gpa >= FIRMWARE_TOP - layout::IMAGE_MAX_SIZE && gpa + len <= FIRMWARE_TOP);
+        // SAFETY: the range lies inside the firmware image, which is mapped
+        // (identity, 2 MiB pages), never written by anyone after launch, and
+        // lives for the whole boot.
+        unsafe { core::slice::from_raw_parts(gpa as *const u8, len as usize) }
+    }
+
+    /// Called by `entry.s` on the boot stack, in 64-bit mode, with SSE/AVX on.
+    #[unsafe(no_mangle)]
+    extern "C" fn boot_main(tsc_at_reset: u64) -> ! {
+        Serial::init();
+        let _ = writeln!(Serial, "vellum-boot: 64-bit mode");
+
+        // The kernel payload, through our entry in the GUIDed table.
+        let window = firmware_bytes(layout::FW_TABLE_START, FIRMWARE_TOP - layout::FW_TABLE_START);
+        let table = fwtable::Table::find(window)
+            .unwrap_or_else(|e| fail(format_args!("firmware table: {e:?}")));
+        let entry = table
+            .get(&fwtable::VELLUM_KERNEL_GUID)
+            .unwrap_or_else(|| fail(format_args!("firmware table has no kernel entry")));
+        let (Some(gpa), Some(len), Some(image_size)) = (
+            fwtable::le_u32(entry, 0),
+            fwtable::le_u32(entry, 4),
+            fwtable::le_u32(entry, 8),
+        ) else {
+            fail(format_args!("kernel entry is {} bytes", entry.len()));
+        };
+        let (gpa, len, image_size) = (u64::from(gpa), u64::from(len), u64::from(image_size));
+        if image_size > layout::IMAGE_MAX_SIZE || gpa < FIRMWARE_TOP - image_size {
+            fail(format_args!("kernel payload {gpa:#x}+{len:#x} outside the image"));
+        }
+        let payload = firmware_bytes(gpa, len);
+        let header = payload::Header::parse(payload)
+            .unwrap_or_else(|e| fail(format_args!("kernel payload: {e:?}")));
+
+        // The memory map.
+        let mut raw = [0u8; e820::MAX_ENTRIES * e820::ENTRY_LEN];
+        let n = read_e820(&mut raw);
+        let firmware = (FIRMWARE_TOP - image_size, FIRMWARE_TOP);
+        let map = E820::parse(&raw[..n], firmware)
+            .unwrap_or_else(|e| fail(format_args!("e820: {e:?}")));
+
+        let Some((stack_start, stack_end)) = header.stack_range() else {
+            fail(format_args!("kernel stack does not fit"));
+        };
+        let reserved = [
+            (layout::SNP_SECRETS_PAGE, layout::HANDOFF_END),
+            (layout::KERNEL_BASE, stack_end),
+        ];
+        let regions = Regions::build(&map, &reserved, layout::IDENTITY_MAPPED_END)
+            .unwrap_or_else(|e| fail(format_args!("memory map: {e:?}")));
+
+        // Load the kernel: every rule the copy relies on was checked by parse().
+        for s in &header.segments[..header.count] {
+            let src = &payload[s.offset as usize..(s.offset + s.file_size) as usize];
+            // SAFETY: the segment lies in [KERNEL_BASE, KERNEL_LIMIT), which the
+            // region list just proved is RAM and reserved for the kernel; nothing
+            // else in boot uses it, and segments do not overlap (parse checked).
+            let dst = unsafe { core::slice::from_raw_parts_mut(s.vaddr as *mut u8, s.mem_size as usize) };
+            dst[..src.len()].copy_from_slice(src);
+            dst[src.len()..].fill(0);
+        }
+
+        // BootInfo and its memory-region array in the hand-off area.
+        let list = regions.as_slice();
+        let regions_ptr = abi::REGIONS_ADDR as *mut MemoryRegion;
+        let max = (abi::HANDOFF_ADDR - abi::REGIONS_ADDR) as usize / size_of::<MemoryRegion>();
+        assert!(list.len() <= max);
+        // SAFETY: the hand-off area is reserved RAM inside SNP_SEC_MEM that only
+        // boot writes before the jump; the array fits (checked above) and is
+        // properly aligned (page-aligned start).
+        let out: &'static mut [MemoryRegion] = unsafe {
+            for (i, r) in list.iter().enumerate() {
+                regions_ptr.add(i).write(*r);
+            }
+            core::slice::from_raw_parts_mut(regions_ptr, list.len())
+        };
+        let mut info = BootInfo::new(out.into());
+        info.physical_memory_offset = Optional::Some(0);
+        info.kernel_addr = layout::KERNEL_BASE;
+        info.kernel_len = header.image_end() - layout::KERNEL_BASE;
+        info.kernel_image_offset = 0;
+        let boot_info = abi::BOOT_INFO_ADDR as *mut BootInfo;
+        // SAFETY: as above: reserved, page-aligned, written only here.
+        unsafe { boot_info.write(info) };
+
+        let handoff = Handoff {
+            magic: abi::HANDOFF_MAGIC,
+            tsc_at_reset,
+            tsc_at_kernel: io::rdtsc(),
+            sev_status: 0,
+            c_bit: 0,
+            image_size,
+            kernel_stack: [stack_start, stack_end],
+            ram_bytes: map.ram_bytes(),
+        };
+        // SAFETY: the hand-off page is reserved and page-aligned; written only here.
+        unsafe { (abi::HANDOFF_ADDR as *mut Handoff).write(handoff) };
+
+        let _ = writeln!(
+            Serial,
+            "vellum-boot: {} MiB RAM, kernel {:#x}..{:#x}, entry {:#x}",
+            map.ram_bytes() >> 20,
+            layout::KERNEL_BASE,
+            header.image_end(),
+            header.entry
+        );
+        // SAFETY: the entry point was checked to lie in an executable kernel
+        // segment that was just loaded; the stack is reserved RAM; the kernel's
+        // `_start` follows the System V ABI and never returns. RSP is aligned so
+        // that (RSP + 8) is a multiple of 16 at entry, as after a call.
+        unsafe {
+            core::arch::asm!(
+                "mov rsp, {stack}",
+                "push 0",
+                "xor ebp, ebp",
+                "jmp {entry}",
+                stack = in(reg) stack_end,
+                entry = in(reg) header.entry,
+                in("rdi") boot_info,
+                options(noreturn)
+            )
+        }
+    }
+}

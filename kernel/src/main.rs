@@ -1,3 +1,130 @@
+//! The Vellum kernel: a `bootloader_api` kernel started by `vellum-boot`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+#![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
+
 #[cfg(not(target_os = "none"))]
-fn main() {}
+fn main() {
+    eprintln!("vellum-kernel runs inside the Vellum image; build it with `image build`.");
+}
+
+#[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
+mod arch;
+#[cfg(target_os = "none")]
+mod clock;
+#[cfg(target_os = "none")]
+mod heap;
+#[cfg(target_os = "none")]
+#[macro_use]
+mod serial;
+
+#[cfg(target_os = "none")]
+mod kmain {
+    use crate::{arch, clock, heap, serial};
+    use alloc::{boxed::Box, vec::Vec};
+    use bootloader_api::{BootInfo, BootloaderConfig, entry_point};
+    use core::panic::PanicInfo;
+    use vellum_boot::abi::{HANDOFF_ADDR, HANDOFF_MAGIC, Handoff};
+    use vellum_kernel::memory;
+
+    /// The kernel's requests to the boot stage (only the stack size is honoured:
+    /// boot always identity-maps, which is `physical_memory_offset = 0`).
+    pub const CONFIG: BootloaderConfig = {
+        let mut c = BootloaderConfig::new_default();
+        c.kernel_stack_size = 512 * 1024;
+        c
+    };
+
+    entry_point!(kernel_main, config = &CONFIG);
+
+    /// Bytes of the shared-page pool (virtio rings, packet buffers, GHCB).
+    const POOL_BYTES: u64 = 2 << 20;
+    /// Smallest heap we accept.
+    const MIN_HEAP: u64 = 2 << 20;
+
+    fn read_handoff() -> Handoff {
+        // SAFETY: boot wrote a `Handoff` at this reserved, identity-mapped,
+        // page-aligned address before jumping here, and nothing writes it since.
+        let h = unsafe { (HANDOFF_ADDR as *const Handoff).read() };
+        if h.magic != HANDOFF_MAGIC {
+            panic!("boot hand-off block missing (magic {:#x})", h.magic);
+        }
+        h
+    }
+
+    fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+        let handoff = read_handoff();
+        serial::init(log::LevelFilter::Info);
+        let clk = clock::init(handoff.tsc_at_reset);
+        println!(
+            "Vellum {} - confidential unikernel (SEV-SNP ready; running {})",
+            env!("CARGO_PKG_VERSION"),
+            if handoff.sev_status & 4 != 0 { "under SEV-SNP" } else { "without SEV" }
+        );
+        log::info!(
+            "tsc {} MHz; boot stage took {} us",
+            clk.hz / 1_000_000,
+            clk.micros(handoff.tsc_at_kernel)
+        );
+        arch::interrupts::init();
+        x86_64::instructions::interrupts::int3();
+        log::info!("gdt/tss/idt loaded; exceptions run on IST stacks (int3 handled)");
+
+        let regions = &*boot_info.memory_regions;
+        for r in regions {
+            log::info!("memory: {:#010x}..{:#010x} {:?}", r.start, r.end, r.kind);
+        }
+        let plan = memory::plan(regions, POOL_BYTES, MIN_HEAP, u64::MAX)
+            .unwrap_or_else(|e| panic!("memory plan: {e:?}"));
+        log::info!(
+            "memory found: {} MiB in e820, {} KiB usable",
+            handoff.ram_bytes >> 20,
+            plan.usable >> 10
+        );
+        // SAFETY: `plan` returns a usable RAM range (per the boot memory map,
+        // identity-mapped by boot) that overlaps nothing else the kernel uses
+        // (the pool is disjoint by construction), and this is the only call.
+        unsafe { heap::init(plan.heap.start, plan.heap.len()) };
+        log::info!(
+            "heap: {:#x}..{:#x} ({} KiB); shared pool reserved {:#x}..{:#x} ({} KiB)",
+            plan.heap.start,
+            plan.heap.end,
+            plan.heap.len() >> 10,
+            plan.pool.start,
+            plan.pool.end,
+            plan.pool.len() >> 10
+        );
+        heap_self_test();
+
+        log::info!("boot to ready: {} us since reset", clock::micros());
+        println!("vellum ready");
+        arch::cpu::halt_forever()
+    }
+
+    /// Allocates and frees through the global allocator and checks the heap
+    /// returns to where it was.
+    fn heap_self_test() {
+        let (used0, _) = heap::stats();
+        {
+            let v: Vec<u64> = (0..4096).collect();
+            let b = Box::new([0xA5u8; 1000]);
+            assert_eq!(v.iter().sum::<u64>(), 4095 * 4096 / 2);
+            assert!(b.iter().all(|&x| x == 0xA5));
+            let (used1, _) = heap::stats();
+            assert!(used1 >= used0 + 4096 * 8 + 1000);
+        }
+        let (used2, free) = heap::stats();
+        assert_eq!(used2, used0, "heap leaked after free");
+        log::info!("heap self-test: allocate and free ok ({} KiB free)", free >> 10);
+    }
+
+    #[panic_handler]
+    fn panic(info: &PanicInfo<'_>) -> ! {
+        serial::print_unlocked(format_args!("\nvellum: PANIC: {info}\n"));
+        // isa-debug-exit, when QEMU has it: status 0x11 makes QEMU exit with 35.
+        arch::port::ports().outb(0xF4, 0x11);
+        arch::cpu::halt_forever()
+    }
+}
