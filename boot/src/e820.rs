@@ -50,7 +50,7 @@ impl E820 {
     /// `[4 GiB - size, 4 GiB)`: a RAM entry that overlaps it is refused, since the
     /// firmware is not RAM the guest may hand out.
     pub fn parse(bytes: &[u8], firmware: (u64, u64)) -> Result<Self, E820Error> {
-        if bytes.len() % ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(ENTRY_LEN) {
             return Err(E820Error::BadLength);
         }
         if bytes.len() / ENTRY_LEN > MAX_ENTRIES {
@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn hostile_maps() {
-        assert_eq!(E820::parse(&[0u8; 19], FW).unwrap_err(), E820Error::BadLength);
+        assert_eq!(
+            E820::parse(&[0u8; 19], FW).unwrap_err(),
+            E820Error::BadLength
+        );
         assert_eq!(
             E820::parse(&raw(&[(u64::MAX - 1, 2, 1)]), FW).unwrap_err(),
             E820Error::Overflow
@@ -147,10 +150,16 @@ mod tests {
             E820Error::NoRam
         );
         let many: Vec<_> = (0..33).map(|i| (i * 0x1000, 0x1000, 1)).collect();
-        assert_eq!(E820::parse(&raw(&many), FW).unwrap_err(), E820Error::TooMany);
+        assert_eq!(
+            E820::parse(&raw(&many), FW).unwrap_err(),
+            E820Error::TooMany
+        );
         // Zero-length entries are dropped; a reserved entry over the firmware is fine.
-        let m = E820::parse(&raw(&[(0, 0, 1), (0, 0x10_0000, 1), (0xFFFF_0000, 0x1_0000, 2)]), FW)
-            .unwrap();
+        let m = E820::parse(
+            &raw(&[(0, 0, 1), (0, 0x10_0000, 1), (0xFFFF_0000, 0x1_0000, 2)]),
+            FW,
+        )
+        .unwrap();
         assert_eq!(m.entries().len(), 2);
     }
 }

@@ -133,8 +133,8 @@ const _: () = {
     assert!(SNP_CPUID_PAGE + PAGE_SIZE <= SEC_MEM_START);
     assert!(SNP_SECRETS_PAGE + PAGE_SIZE <= SNP_CPUID_PAGE);
     assert!(FW_TABLE_START > REAL_MODE_WINDOW);
-    assert!(KERNEL_BASE % LARGE_PAGE_SIZE == 0);
-    assert!(SEC_MEM_START % PAGE_SIZE == 0 && SEC_MEM_END % PAGE_SIZE == 0);
+    assert!(KERNEL_BASE.is_multiple_of(LARGE_PAGE_SIZE));
+    assert!(SEC_MEM_START.is_multiple_of(PAGE_SIZE) && SEC_MEM_END.is_multiple_of(PAGE_SIZE));
 };
 
 #[cfg(test)]

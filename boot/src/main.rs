@@ -62,13 +62,17 @@ mod firmware {
         pub fn outb(port: u16, value: u8) {
             // SAFETY: boot only writes the ports of devices it drives (COM1,
             // fw_cfg, isa-debug-exit); none of them can affect memory safety.
-            unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+            unsafe {
+                asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+            };
         }
 
         /// Writes a 16-bit value to an I/O port.
         pub fn outw(port: u16, value: u16) {
             // SAFETY: as for `outb`: only the fw_cfg selector is written.
-            unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) };
+            unsafe {
+                asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+            };
         }
 
         /// Reads a byte from an I/O port.
@@ -76,7 +80,9 @@ mod firmware {
             let v: u8;
             // SAFETY: reading COM1 status or the fw_cfg data port has no effect
             // on memory.
-            unsafe { asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags)) };
+            unsafe {
+                asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
+            };
             v
         }
 
@@ -84,7 +90,9 @@ mod firmware {
         pub fn rdtsc() -> u64 {
             let (lo, hi): (u32, u32);
             // SAFETY: RDTSC only reads a counter.
-            unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+            unsafe {
+                asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+            };
             (u64::from(hi) << 32) | u64::from(lo)
         }
     }
@@ -167,7 +175,10 @@ mod firmware {
         };
         let size = file.size as usize;
         if size > buf.len() {
-            fail(format_args!("etc/e820 is {size} bytes, more than {} entries", e820::MAX_ENTRIES));
+            fail(format_args!(
+                "etc/e820 is {size} bytes, more than {} entries",
+                e820::MAX_ENTRIES
+            ));
         }
         fw_cfg_read(file.select, &mut buf[..size]);
         size
@@ -189,7 +200,10 @@ mod firmware {
         let _ = writeln!(Serial, "vellum-boot: 64-bit mode");
 
         // The kernel payload, through our entry in the GUIDed table.
-        let window = firmware_bytes(layout::FW_TABLE_START, FIRMWARE_TOP - layout::FW_TABLE_START);
+        let window = firmware_bytes(
+            layout::FW_TABLE_START,
+            FIRMWARE_TOP - layout::FW_TABLE_START,
+        );
         let table = fwtable::Table::find(window)
             .unwrap_or_else(|e| fail(format_args!("firmware table: {e:?}")));
         let entry = table
@@ -204,7 +218,9 @@ mod firmware {
         };
         let (gpa, len, image_size) = (u64::from(gpa), u64::from(len), u64::from(image_size));
         if image_size > layout::IMAGE_MAX_SIZE || gpa < FIRMWARE_TOP - image_size {
-            fail(format_args!("kernel payload {gpa:#x}+{len:#x} outside the image"));
+            fail(format_args!(
+                "kernel payload {gpa:#x}+{len:#x} outside the image"
+            ));
         }
         let payload = firmware_bytes(gpa, len);
         let header = payload::Header::parse(payload)
@@ -214,8 +230,8 @@ mod firmware {
         let mut raw = [0u8; e820::MAX_ENTRIES * e820::ENTRY_LEN];
         let n = read_e820(&mut raw);
         let firmware = (FIRMWARE_TOP - image_size, FIRMWARE_TOP);
-        let map = E820::parse(&raw[..n], firmware)
-            .unwrap_or_else(|e| fail(format_args!("e820: {e:?}")));
+        let map =
+            E820::parse(&raw[..n], firmware).unwrap_or_else(|e| fail(format_args!("e820: {e:?}")));
 
         let Some((stack_start, stack_end)) = header.stack_range() else {
             fail(format_args!("kernel stack does not fit"));
@@ -233,7 +249,8 @@ mod firmware {
             // SAFETY: the segment lies in [KERNEL_BASE, KERNEL_LIMIT), which the
             // region list just proved is RAM and reserved for the kernel; nothing
             // else in boot uses it, and segments do not overlap (parse checked).
-            let dst = unsafe { core::slice::from_raw_parts_mut(s.vaddr as *mut u8, s.mem_size as usize) };
+            let dst =
+                unsafe { core::slice::from_raw_parts_mut(s.vaddr as *mut u8, s.mem_size as usize) };
             dst[..src.len()].copy_from_slice(src);
             dst[src.len()..].fill(0);
         }

@@ -50,10 +50,11 @@ pub fn cargo_command(root: &Path, profile: &str, features: &[String]) -> Command
     // Keep machine-specific paths out of the binaries (panic locations).
     let mut flags = Vec::new();
     for (var, to) in [("CARGO_HOME", "/cargo"), ("RUSTUP_HOME", "/rustup")] {
-        if let Some(home) = std::env::var_os(var)
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(format!(".{}", var.to_lowercase().trim_end_matches("_home")))))
-        {
+        if let Some(home) = std::env::var_os(var).map(PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").map(|h| {
+                PathBuf::from(h).join(format!(".{}", var.to_lowercase().trim_end_matches("_home")))
+            })
+        }) {
             flags.push(format!("--remap-path-prefix={}={to}", home.display()));
         }
     }
@@ -72,11 +73,17 @@ pub fn build(root: &Path, profile: &str, out: &Path) -> Result<firmware::Image, 
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
-        return Err(format!("cargo build of the bare-metal binaries failed ({status})"));
+        return Err(format!(
+            "cargo build of the bare-metal binaries failed ({status})"
+        ));
     }
     let dir_profile = if profile == "dev" { "debug" } else { profile };
     let bin_dir = root.join("target/x86_64-vellum").join(dir_profile);
-    layout_files(&bin_dir.join("vellum-boot"), &bin_dir.join("vellum-kernel"), out)
+    layout_files(
+        &bin_dir.join("vellum-boot"),
+        &bin_dir.join("vellum-kernel"),
+        out,
+    )
 }
 
 /// Lays out an image from two linked ELF files and writes it to `out`.
@@ -86,7 +93,8 @@ pub fn layout_files(boot: &Path, kernel: &Path, out: &Path) -> Result<firmware::
     let kernel = elf::read_kernel(&read(kernel)?).map_err(|e| format!("kernel ELF: {e}"))?;
     let img = firmware::build(&boot, &kernel).map_err(|e| e.to_string())?;
     if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     std::fs::write(out, &img.bytes).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     Ok(img)

@@ -192,10 +192,15 @@ pub struct Summary {
 pub fn verify(img: &[u8]) -> Result<Summary, String> {
     let size = img.len() as u64;
     if size == 0 || size % layout::IMAGE_ALIGN != 0 {
-        return Err(format!("image size {size} is not a non-zero multiple of 64 KiB"));
+        return Err(format!(
+            "image size {size} is not a non-zero multiple of 64 KiB"
+        ));
     }
     if size > layout::IMAGE_MAX_SIZE {
-        return Err(format!("image size {size} exceeds {}", layout::IMAGE_MAX_SIZE));
+        return Err(format!(
+            "image size {size} exceeds {}",
+            layout::IMAGE_MAX_SIZE
+        ));
     }
     let table = fwtable::Table::find(img).map_err(|e| format!("GUIDed table: {e:?}"))?;
     let info = table
@@ -292,7 +297,10 @@ mod tests {
         };
         let mut p = vec![0xCC; 0x40 + code_len];
         h.write(&mut p).unwrap();
-        Kernel { payload: p, header: h }
+        Kernel {
+            payload: p,
+            header: h,
+        }
     }
 
     #[test]

@@ -106,7 +106,10 @@ fn cmd_info(args: &[String]) -> Result<(), String> {
             u64::from(sec.base) + u64::from(sec.len)
         );
     }
-    println!("  kernel payload: GPA {:#x}, {} bytes, entry {:#x}", s.payload.0, s.payload.1, s.entry);
+    println!(
+        "  kernel payload: GPA {:#x}, {} bytes, entry {:#x}",
+        s.payload.0, s.payload.1, s.entry
+    );
     for (va, len) in &s.segments {
         println!("    segment {va:#x}..{:#x}", va + len);
     }

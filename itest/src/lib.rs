@@ -1,1 +1,194 @@
-//! Shared helpers for the guest integration tests.
+//! Harness for the guest integration tests: boots the real image under QEMU
+//! through `run-qemu.sh` and collects its serial console.
+//!
+//! Each [`Guest`] gets free host ports. QEMU runs in its own process group
+//! under a small watchdog shell that kills the group when the test process
+//! closes the watchdog's stdin (on drop, or when the test process dies), so no
+//! QEMU outlives the tests.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("itest lives in the workspace")
+        .to_path_buf()
+}
+
+/// The image under test; panics with instructions when it is missing.
+pub fn image() -> PathBuf {
+    let p = root().join("target/vellum.bin");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first with `cargo run -p vellum-image -- build` (./test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Runs `run-qemu.sh "$@"` in the background, reports QEMU's exit status on
+/// stdout, and kills the process group when its stdin closes.
+const WATCHDOG: &str = r#"exec 3<&0
+"$0" "$@" </dev/null 2>&1 &
+q=$!
+(read -r _ <&3; kill -- -$$) &
+wait $q
+echo "vellum-itest: qemu exit status $?"
+kill -- -$$"#;
+
+/// The marker the watchdog prints when QEMU exits.
+pub const EXIT_MARKER: &str = "vellum-itest: qemu exit status ";
+
+/// A running guest.
+#[derive(Debug)]
+pub struct Guest {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    log: Arc<Mutex<String>>,
+    /// Host port forwarded to guest port 80.
+    pub http: u16,
+    /// Host port forwarded to guest port 7.
+    pub echo: u16,
+    /// Host port forwarded to guest port 443.
+    pub https: u16,
+    /// Host port forwarded to guest port 7443.
+    pub tls_echo: u16,
+}
+
+impl Guest {
+    /// Boots the image with default options and waits for `vellum ready`.
+    pub fn boot() -> Guest {
+        let g = Guest::start(&[]);
+        if let Err(e) = g.wait_for("vellum ready", Duration::from_secs(60)) {
+            panic!("{e}");
+        }
+        g
+    }
+
+    /// Starts the image with extra `run-qemu.sh` arguments; does not wait.
+    pub fn start(extra: &[&str]) -> Guest {
+        let image = image();
+        let (http, echo, https, tls_echo) = (free_port(), free_port(), free_port(), free_port());
+        let mut args: Vec<String> = vec![
+            "--image".into(),
+            image.display().to_string(),
+            "--timeout".into(),
+            "900".into(),
+            "--http-port".into(),
+            http.to_string(),
+            "--echo-port".into(),
+            echo.to_string(),
+            "--https-port".into(),
+            https.to_string(),
+            "--tls-echo-port".into(),
+            tls_echo.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let script = root().join("run-qemu.sh");
+        // Watchdog: QEMU in the background, then wait for stdin to close and
+        // kill the whole (new) process group.
+        let mut child = Command::new("setsid")
+            .arg("bash")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg(script)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn run-qemu.sh (needs setsid and bash)");
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().expect("piped stdout");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().expect("log lock");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Guest {
+            child,
+            stdin,
+            log,
+            http,
+            echo,
+            https,
+            tls_echo,
+        }
+    }
+
+    /// Everything the guest printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Waits until the console shows `needle`; errors (with the log) on a
+    /// panic, an early QEMU exit or the timeout.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return Ok(());
+            }
+            if log.contains("PANIC") || log.contains("vellum-boot: fatal") {
+                return Err(format!("guest failed while waiting for {needle:?}:\n{log}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "timed out after {timeout:?} waiting for {needle:?}:\n{log}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for QEMU to exit and returns its exit status.
+    pub fn wait_exit(&self, timeout: Duration) -> Result<i32, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if let Some(i) = log.find(EXIT_MARKER) {
+                let rest = &log[i + EXIT_MARKER.len()..];
+                let code = rest.lines().next().unwrap_or("").trim();
+                return code
+                    .parse()
+                    .map_err(|_| format!("bad exit marker {code:?}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("QEMU still running after {timeout:?}:\n{log}"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.stdin.take() {
+            let _ = s.write_all(b"\n");
+        }
+        let _ = self.child.wait();
+    }
+}

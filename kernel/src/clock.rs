@@ -29,7 +29,11 @@ pub fn init(origin: u64) -> &'static Clock {
             }
         }
         let t1 = rdtsc();
-        let hz = if done { tsc_hz(t1 - t0, count) } else { 2_000_000_000 };
+        let hz = if done {
+            tsc_hz(t1 - t0, count)
+        } else {
+            2_000_000_000
+        };
         Clock { hz, origin }
     })
 }

@@ -61,7 +61,11 @@ mod kmain {
         println!(
             "Vellum {} - confidential unikernel (SEV-SNP ready; running {})",
             env!("CARGO_PKG_VERSION"),
-            if handoff.sev_status & 4 != 0 { "under SEV-SNP" } else { "without SEV" }
+            if handoff.sev_status & 4 != 0 {
+                "under SEV-SNP"
+            } else {
+                "without SEV"
+            }
         );
         log::info!(
             "tsc {} MHz; boot stage took {} us",
@@ -117,7 +121,10 @@ mod kmain {
         }
         let (used2, free) = heap::stats();
         assert_eq!(used2, used0, "heap leaked after free");
-        log::info!("heap self-test: allocate and free ok ({} KiB free)", free >> 10);
+        log::info!(
+            "heap self-test: allocate and free ok ({} KiB free)",
+            free >> 10
+        );
     }
 
     #[panic_handler]

@@ -135,8 +135,20 @@ mod tests {
         ];
         let p = plan(&regs, 0x8_0000, 0x10_0000, u64::MAX).unwrap();
         // The pool does not fit in the 64 KiB range, so it takes the 1 MiB one.
-        assert_eq!(p.pool, Range { start: 0x10_0000, end: 0x18_0000 });
-        assert_eq!(p.heap, Range { start: 0x40_0000, end: 0x100_0000 });
+        assert_eq!(
+            p.pool,
+            Range {
+                start: 0x10_0000,
+                end: 0x18_0000
+            }
+        );
+        assert_eq!(
+            p.heap,
+            Range {
+                start: 0x40_0000,
+                end: 0x100_0000
+            }
+        );
         assert_eq!(p.usable, 0x1_0000 + 0x10_0000 + 0xC0_0000);
         // The heap may share the pool's range when that range is the largest.
         let p = plan(&regs, 0x100_000 - 0x1000, 0, u64::MAX).unwrap();

@@ -44,7 +44,10 @@ mod tests {
         let hz = tsc_hz(12_500_000, count);
         assert!((hz as i64 - 2_500_000_000).abs() < 2_500_000, "{hz}");
         assert_eq!(pit_count(1_000_000), u16::MAX);
-        let c = Clock { hz: 1_000_000_000, origin: 100 };
+        let c = Clock {
+            hz: 1_000_000_000,
+            origin: 100,
+        };
         assert_eq!(c.micros(100 + 1_500_000_000), 1_500_000);
         assert_eq!(c.micros(0), 0);
     }

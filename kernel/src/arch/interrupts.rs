@@ -63,7 +63,12 @@ pub fn init() {
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
         let tss = gdt.append(Descriptor::tss_segment(tss));
-        Tables { gdt, code, data, tss }
+        Tables {
+            gdt,
+            code,
+            data,
+            tss,
+        }
     });
     t.gdt.load();
     // SAFETY: the selectors index the GDT just loaded, which is 'static; the
@@ -83,7 +88,12 @@ pub fn init() {
 macro_rules! handler {
     ($name:ident, $what:literal) => {
         extern "x86-interrupt" fn $name(frame: InterruptStackFrame) {
-            panic!("exception: {} at {:#x}\n{:#?}", $what, frame.instruction_pointer.as_u64(), frame);
+            panic!(
+                "exception: {} at {:#x}\n{:#?}",
+                $what,
+                frame.instruction_pointer.as_u64(),
+                frame
+            );
         }
     };
     ($name:ident, $what:literal, code) => {
@@ -144,39 +154,73 @@ fn build_idt() -> InterruptDescriptorTable {
     // SAFETY (every set_stack_index below): the index names an IST slot that
     // `init` filled with a dedicated, 'static, 16-byte aligned stack.
     unsafe {
-        idt.divide_error.set_handler_fn(divide_error).set_stack_index(IST_OTHER);
+        idt.divide_error
+            .set_handler_fn(divide_error)
+            .set_stack_index(IST_OTHER);
         idt.debug.set_handler_fn(debug).set_stack_index(IST_OTHER);
-        idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(IST_NMI_MC);
-        idt.breakpoint.set_handler_fn(breakpoint).set_stack_index(IST_OTHER);
-        idt.overflow.set_handler_fn(overflow).set_stack_index(IST_OTHER);
-        idt.bound_range_exceeded.set_handler_fn(bound_range).set_stack_index(IST_OTHER);
-        idt.invalid_opcode.set_handler_fn(invalid_opcode).set_stack_index(IST_OTHER);
+        idt.non_maskable_interrupt
+            .set_handler_fn(nmi)
+            .set_stack_index(IST_NMI_MC);
+        idt.breakpoint
+            .set_handler_fn(breakpoint)
+            .set_stack_index(IST_OTHER);
+        idt.overflow
+            .set_handler_fn(overflow)
+            .set_stack_index(IST_OTHER);
+        idt.bound_range_exceeded
+            .set_handler_fn(bound_range)
+            .set_stack_index(IST_OTHER);
+        idt.invalid_opcode
+            .set_handler_fn(invalid_opcode)
+            .set_stack_index(IST_OTHER);
         idt.device_not_available
             .set_handler_fn(device_not_available)
             .set_stack_index(IST_OTHER);
-        idt.double_fault.set_handler_fn(double_fault).set_stack_index(IST_DOUBLE_FAULT);
-        idt.invalid_tss.set_handler_fn(invalid_tss).set_stack_index(IST_OTHER);
+        idt.double_fault
+            .set_handler_fn(double_fault)
+            .set_stack_index(IST_DOUBLE_FAULT);
+        idt.invalid_tss
+            .set_handler_fn(invalid_tss)
+            .set_stack_index(IST_OTHER);
         idt.segment_not_present
             .set_handler_fn(segment_not_present)
             .set_stack_index(IST_OTHER);
-        idt.stack_segment_fault.set_handler_fn(stack_segment).set_stack_index(IST_OTHER);
+        idt.stack_segment_fault
+            .set_handler_fn(stack_segment)
+            .set_stack_index(IST_OTHER);
         idt.general_protection_fault
             .set_handler_fn(general_protection)
             .set_stack_index(IST_OTHER);
-        idt.page_fault.set_handler_fn(page_fault).set_stack_index(IST_OTHER);
-        idt.x87_floating_point.set_handler_fn(x87_fp).set_stack_index(IST_OTHER);
-        idt.alignment_check.set_handler_fn(alignment_check).set_stack_index(IST_OTHER);
-        idt.machine_check.set_handler_fn(machine_check).set_stack_index(IST_NMI_MC);
-        idt.simd_floating_point.set_handler_fn(simd_fp).set_stack_index(IST_OTHER);
-        idt.virtualization.set_handler_fn(virtualization).set_stack_index(IST_OTHER);
+        idt.page_fault
+            .set_handler_fn(page_fault)
+            .set_stack_index(IST_OTHER);
+        idt.x87_floating_point
+            .set_handler_fn(x87_fp)
+            .set_stack_index(IST_OTHER);
+        idt.alignment_check
+            .set_handler_fn(alignment_check)
+            .set_stack_index(IST_OTHER);
+        idt.machine_check
+            .set_handler_fn(machine_check)
+            .set_stack_index(IST_NMI_MC);
+        idt.simd_floating_point
+            .set_handler_fn(simd_fp)
+            .set_stack_index(IST_OTHER);
+        idt.virtualization
+            .set_handler_fn(virtualization)
+            .set_stack_index(IST_OTHER);
         idt.cp_protection_exception
             .set_handler_fn(cp_protection)
             .set_stack_index(IST_OTHER);
-        idt.hv_injection_exception.set_handler_fn(hv_injection).set_stack_index(IST_OTHER);
+        idt.hv_injection_exception
+            .set_handler_fn(hv_injection)
+            .set_stack_index(IST_OTHER);
         idt.vmm_communication_exception
             .set_handler_fn(vmm_communication)
             .set_stack_index(IST_VC);
-        idt.security_exception.set_handler_fn(security).set_stack_index(IST_OTHER);
+        idt.security_exception
+            .set_handler_fn(security)
+            .set_stack_index(IST_OTHER);
     }
     idt
 }

@@ -34,37 +34,49 @@ impl PortIo for DirectPorts {
     fn inb(&self, port: u16) -> u8 {
         let v: u8;
         // SAFETY: see the impl comment.
-        unsafe { asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
+        };
         v
     }
     #[inline]
     fn inw(&self, port: u16) -> u16 {
         let v: u16;
         // SAFETY: see the impl comment.
-        unsafe { asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags))
+        };
         v
     }
     #[inline]
     fn inl(&self, port: u16) -> u32 {
         let v: u32;
         // SAFETY: see the impl comment.
-        unsafe { asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags))
+        };
         v
     }
     #[inline]
     fn outb(&self, port: u16, value: u8) {
         // SAFETY: see the impl comment.
-        unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+        };
     }
     #[inline]
     fn outw(&self, port: u16, value: u16) {
         // SAFETY: see the impl comment.
-        unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+        };
     }
     #[inline]
     fn outl(&self, port: u16, value: u32) {
         // SAFETY: see the impl comment.
-        unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+        };
     }
 }
 

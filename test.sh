@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test command (README, CI): formatting, lints, host tests, the image, and
+# the guest tests that boot it under QEMU and talk to it with real clients.
+# Sets up what it needs first (pinned toolchain; QEMU, curl, openssl, python3-venv
+# when run as root, else it says what to install).
+#
+#   ./test.sh            everything
+#   ./test.sh --quick    host checks only (no image, no QEMU)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+QUICK=0
+[ "${1:-}" = --quick ] && QUICK=1
+
+# shellcheck source=scripts/setup.sh
+. scripts/setup.sh
+VELLUM_SETUP_NEED="qemu curl openssl python" vellum_setup
+
+BARE=(--target x86_64-vellum.json -Zbuild-std=core,alloc
+      -Zbuild-std-features=compiler-builtins-mem -Zjson-target-spec)
+step() { printf '\n== %s\n' "$*"; }
+t0=$(date +%s)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "clippy, host crates"
+cargo clippy --workspace --all-targets -q -- -D warnings
+
+step "clippy, bare-metal binaries"
+cargo clippy -q -p vellum-boot -p vellum-kernel --bins "${BARE[@]}" -- -D warnings
+
+step "host tests"
+cargo test -q
+
+if [ $QUICK = 0 ]; then
+  step "build target/vellum.bin"
+  cargo run -q -p vellum-image -- build
+
+  step "guest tests (QEMU/TCG)"
+  cargo test -q -p vellum-itest
+fi
+printf '\n== all checks passed in %ss\n' $(( $(date +%s) - t0 ))
