@@ -191,7 +191,7 @@ pub struct Summary {
 /// rule: size, footer, info block, metadata, payload.
 pub fn verify(img: &[u8]) -> Result<Summary, String> {
     let size = img.len() as u64;
-    if size == 0 || size % layout::IMAGE_ALIGN != 0 {
+    if size == 0 || !size.is_multiple_of(layout::IMAGE_ALIGN) {
         return Err(format!(
             "image size {size} is not a non-zero multiple of 64 KiB"
         ));
@@ -290,12 +290,12 @@ mod tests {
         };
         h.segments[0] = payload::Segment {
             vaddr: layout::KERNEL_BASE,
-            offset: 0x40,
+            offset: 0x50,
             file_size: code_len as u64,
             mem_size: code_len as u64,
             flags: 5,
         };
-        let mut p = vec![0xCC; 0x40 + code_len];
+        let mut p = vec![0xCC; 0x50 + code_len];
         h.write(&mut p).unwrap();
         Kernel {
             payload: p,
@@ -311,7 +311,7 @@ mod tests {
         let s = verify(&img.bytes).unwrap();
         assert_eq!(s.ap_reset, 0xFFFF_F040);
         assert_eq!(s.sections, metadata_sections().to_vec());
-        assert_eq!(s.payload, (img.base(), 0x40 + 0x1234));
+        assert_eq!(s.payload, (img.base(), 0x50 + 0x1234));
         assert_eq!(s.entry, layout::KERNEL_BASE);
         // The reset vector byte landed at file_end - 16.
         let n = img.bytes.len();

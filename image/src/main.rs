@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use std::{path::PathBuf, process::ExitCode};
-use vellum_image::{build, firmware};
+use vellum_image::{build, firmware, snp};
 
 const USAGE: &str = "\
 image - build and inspect the Vellum firmware image
@@ -14,6 +14,12 @@ USAGE:
         (default target/vellum.bin, release profile).
     image layout --boot ELF --kernel ELF --out PATH
         Lay out an image from two already linked ELF files.
+    image measure [OPTIONS]
+        The SEV-SNP launch digest of an image as QEMU launches it (see
+        `image measure --help`).
+    image id-block --id-key PEM [OPTIONS]
+        The SNP ID block and ID authentication structure for sev-snp-guest
+        (see `image id-block --help`).
     image info [PATH]
         Check an image the way QEMU and the boot stage read it and print its
         layout (default target/vellum.bin).
@@ -52,6 +58,20 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
     }
     let img = build::build(&root, &profile, &out)?;
     report(&out, &img);
+    write_digest(&out, &img)
+}
+
+/// Writes the launch digest for the default launch (1 vCPU, EPYC-v4, guest
+/// features 0x1) next to the image, as `<image>.measurement` (hex).
+fn write_digest(out: &std::path::Path, img: &firmware::Image) -> Result<(), String> {
+    let opts = snp::LaunchOptions::default();
+    let digest = snp::launch_digest(&img.bytes, &opts).map_err(|e| e.to_string())?;
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let path = out.with_extension("measurement");
+    std::fs::write(&path, format!("{hex}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("  SNP launch digest (1 vCPU, EPYC-v4, features 0x1): {hex}");
+    println!("  written to {}", path.display());
     Ok(())
 }
 
@@ -72,7 +92,7 @@ fn cmd_layout(args: &[String]) -> Result<(), String> {
     };
     let img = build::layout_files(&boot, &kernel, &out)?;
     report(&out, &img);
-    Ok(())
+    write_digest(&out, &img)
 }
 
 fn report(out: &std::path::Path, img: &firmware::Image) {
@@ -127,6 +147,8 @@ fn main() -> ExitCode {
         "build" => cmd_build(rest),
         "layout" => cmd_layout(rest),
         "info" => cmd_info(rest),
+        "measure" => snp::cli_measure(rest),
+        "id-block" => snp::cli_id_block(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -8,6 +8,9 @@ use bootloader_api::info::{MemoryRegion, MemoryRegionKind};
 
 /// Page size.
 pub const PAGE: u64 = 0x1000;
+/// The pool is placed and sized in whole 2 MiB pages, so that under SEV-SNP
+/// its mapping differs from private memory in whole page-directory entries.
+pub const POOL_ALIGN: u64 = 0x20_0000;
 
 /// A half-open physical range.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -55,9 +58,9 @@ pub enum PlanError {
     },
 }
 
-/// Places a pool of `pool_bytes` (rounded up to pages) at the start of the
-/// lowest usable range that holds it, then the heap on the largest usable range
-/// (or remainder) left, capped at `max_heap`.
+/// Places a pool of `pool_bytes` (rounded up to [`POOL_ALIGN`]) at the lowest
+/// 2 MiB-aligned address of a usable range that holds it, then the heap on the
+/// largest usable range (or remainder) left, capped at `max_heap`.
 pub fn plan(
     regions: &[MemoryRegion],
     pool_bytes: u64,
@@ -70,29 +73,46 @@ pub fn plan(
         end: r.end / PAGE * PAGE,
     };
     let total = regions.iter().filter(usable).map(|r| r.end - r.start).sum();
-    let pool_bytes = pool_bytes.div_ceil(PAGE) * PAGE;
+    let pool_bytes = pool_bytes.div_ceil(POOL_ALIGN) * POOL_ALIGN;
     let mut pool = Range { start: 0, end: 0 };
     if pool_bytes > 0 {
-        let r = regions
+        pool = regions
             .iter()
             .filter(usable)
-            .map(aligned)
-            .find(|r| !r.is_empty() && r.len() >= pool_bytes)
+            .map(|r| Range {
+                start: r.start.div_ceil(POOL_ALIGN) * POOL_ALIGN,
+                end: r.end / PAGE * PAGE,
+            })
+            .find(|r| r.start < r.end && r.len() >= pool_bytes)
+            .map(|r| Range {
+                start: r.start,
+                end: r.start + pool_bytes,
+            })
             .ok_or(PlanError::NoRoomForPool { wanted: pool_bytes })?;
-        pool = Range {
-            start: r.start,
-            end: r.start + pool_bytes,
-        };
     }
     let heap = regions
         .iter()
         .filter(usable)
         .map(aligned)
-        .map(|mut r| {
+        .map(|r| {
             if r.start < pool.end && pool.start < r.end {
-                r.start = pool.end;
+                // The larger of the pieces before and after the pool.
+                let before = Range {
+                    start: r.start,
+                    end: pool.start,
+                };
+                let after = Range {
+                    start: pool.end,
+                    end: r.end,
+                };
+                if before.len() > after.len() {
+                    before
+                } else {
+                    after
+                }
+            } else {
+                r
             }
-            r
         })
         .filter(|r| !r.is_empty())
         .max_by_key(|r| r.len())
@@ -134,18 +154,18 @@ mod tests {
             r(0x40_0000, 0x100_0000, U),
         ];
         let p = plan(&regs, 0x8_0000, 0x10_0000, u64::MAX).unwrap();
-        // The pool does not fit in the 64 KiB range, so it takes the 1 MiB one.
+        // Rounded up to 2 MiB and 2 MiB aligned: only the last range holds it.
         assert_eq!(
             p.pool,
             Range {
-                start: 0x10_0000,
-                end: 0x18_0000
+                start: 0x40_0000,
+                end: 0x60_0000
             }
         );
         assert_eq!(
             p.heap,
             Range {
-                start: 0x40_0000,
+                start: 0x60_0000,
                 end: 0x100_0000
             }
         );
@@ -157,17 +177,29 @@ mod tests {
 
     #[test]
     fn never_overlaps_and_errors_are_clear() {
-        let regs = [r(0x10_0000, 0x30_0000, U)];
+        let regs = [r(0x10_0000, 0x50_0000, U)];
         let p = plan(&regs, 0x1_0001, 0, u64::MAX).unwrap();
-        assert_eq!(p.pool.len(), 0x1_1000);
-        assert_eq!(p.heap.start, p.pool.end);
+        assert_eq!(
+            p.pool,
+            Range {
+                start: 0x20_0000,
+                end: 0x40_0000
+            }
+        );
+        assert_eq!(
+            p.heap,
+            Range {
+                start: 0x40_0000,
+                end: 0x50_0000
+            }
+        );
         assert_eq!(
             plan(&regs, 0x100_0000, 0, u64::MAX).unwrap_err(),
             PlanError::NoRoomForPool { wanted: 0x100_0000 }
         );
         assert_eq!(
-            plan(&regs, 0x1F_0000, 0x2_0000, u64::MAX).unwrap_err(),
-            PlanError::HeapTooSmall { found: 0x1_0000 }
+            plan(&regs, 0x1F_0000, 0x20_0000, u64::MAX).unwrap_err(),
+            PlanError::HeapTooSmall { found: 0x10_0000 }
         );
         let p = plan(&regs, 0, 0, 0x1000).unwrap();
         assert_eq!(p.heap.len(), 0x1000);
