@@ -33,6 +33,8 @@ pub struct Handoff {
     pub kernel_stack: [u64; 2],
     /// Total RAM in the e820 map.
     pub ram_bytes: u64,
+    /// The shared-page pool `[start, end)`, made shared (SNP) and zeroed by boot.
+    pub pool: [u64; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<Handoff>() <= layout::PAGE_SIZE as usize);

@@ -22,7 +22,9 @@
 //! 0x0008_0000 ..0x0009_0000   hand-off area: BootInfo, memory regions, Handoff       ┘
 //! 0x0009_0000 ..0x000A_0000   usable RAM
 //! 0x000A_0000 ..0x0010_0000   legacy VGA/option-ROM/BIOS hole: never RAM for us
-//! 0x0010_0000 ..0x0020_0000   usable RAM
+//! 0x0010_0000 ..0x0020_0000   the shared-page pool (POOL_BASE, POOL_SIZE): the only
+//!                             memory the host may access (virtio rings, packet
+//!                             buffers, GHCB, guest-request pages); never validated
 //! 0x0020_0000 ..kernel_end    kernel ELF segments (linked here), then its stack
 //! kernel_end  ..top of RAM    usable: heap, shared pool (carved by the kernel)
 //!
@@ -102,6 +104,17 @@ pub const LEGACY_HOLE_START: u64 = 0xA_0000;
 /// End of the legacy hole.
 pub const LEGACY_HOLE_END: u64 = 0x10_0000;
 
+/// The shared-page pool: one contiguous range, the only memory ever shared with
+/// the host. Its size is a build-time setting (this constant); it must stay in
+/// `[LEGACY_HOLE_END, KERNEL_BASE)`. Under SEV-SNP it is never validated and is
+/// mapped without the C-bit (4 KiB pages: the boot page tables split the first
+/// 2 MiB for it).
+pub const POOL_BASE: u64 = 0x10_0000;
+/// Size of the shared-page pool.
+pub const POOL_SIZE: u64 = 0x10_0000;
+/// End of the shared-page pool.
+pub const POOL_END: u64 = POOL_BASE + POOL_SIZE;
+
 /// Lowest address a kernel segment may be loaded at (its link base).
 pub const KERNEL_BASE: u64 = 0x20_0000;
 /// Kernel segments plus stack must end below this.
@@ -130,6 +143,8 @@ const _: () = {
     assert!(BOOT_STACK_TOP <= HANDOFF_BASE);
     assert!(HANDOFF_END <= LEGACY_HOLE_START);
     assert!(LEGACY_HOLE_END <= KERNEL_BASE);
+    assert!(LEGACY_HOLE_END <= POOL_BASE && POOL_END <= KERNEL_BASE);
+    assert!(POOL_BASE.is_multiple_of(PAGE_SIZE) && POOL_SIZE.is_multiple_of(PAGE_SIZE));
     assert!(SNP_CPUID_PAGE + PAGE_SIZE <= SEC_MEM_START);
     assert!(SNP_SECRETS_PAGE + PAGE_SIZE <= SNP_CPUID_PAGE);
     assert!(FW_TABLE_START > REAL_MODE_WINDOW);

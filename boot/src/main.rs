@@ -238,10 +238,19 @@ mod firmware {
         };
         let reserved = [
             (layout::SNP_SECRETS_PAGE, layout::HANDOFF_END),
+            (layout::POOL_BASE, layout::POOL_END),
             (layout::KERNEL_BASE, stack_end),
         ];
         let regions = Regions::build(&map, &reserved, layout::IDENTITY_MAPPED_END)
             .unwrap_or_else(|e| fail(format_args!("memory map: {e:?}")));
+
+        // The shared pool starts zeroed (under SEV-SNP a page-state change has
+        // already destroyed its old contents; zero it in any case).
+        // SAFETY: the pool range is RAM (the region list just checked it) that
+        // only boot touches until the hand-off.
+        unsafe {
+            core::ptr::write_bytes(layout::POOL_BASE as *mut u8, 0, layout::POOL_SIZE as usize)
+        };
 
         // Load the kernel: every rule the copy relies on was checked by parse().
         for s in &header.segments[..header.count] {
@@ -287,6 +296,7 @@ mod firmware {
             image_size,
             kernel_stack: [stack_start, stack_end],
             ram_bytes: map.ram_bytes(),
+            pool: [layout::POOL_BASE, layout::POOL_END],
         };
         // SAFETY: the hand-off page is reserved and page-aligned; written only here.
         unsafe { (abi::HANDOFF_ADDR as *mut Handoff).write(handoff) };

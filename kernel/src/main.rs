@@ -39,8 +39,6 @@ mod kmain {
 
     entry_point!(kernel_main, config = &CONFIG);
 
-    /// Bytes of the shared-page pool (virtio rings, packet buffers, GHCB).
-    const POOL_BYTES: u64 = 2 << 20;
     /// Smallest heap we accept.
     const MIN_HEAP: u64 = 2 << 20;
 
@@ -80,7 +78,11 @@ mod kmain {
         for r in regions {
             log::info!("memory: {:#010x}..{:#010x} {:?}", r.start, r.end, r.kind);
         }
-        let plan = memory::plan(regions, POOL_BYTES, MIN_HEAP, u64::MAX)
+        let pool = memory::Range {
+            start: handoff.pool[0],
+            end: handoff.pool[1],
+        };
+        let plan = memory::plan(regions, pool, MIN_HEAP, u64::MAX)
             .unwrap_or_else(|e| panic!("memory plan: {e:?}"));
         log::info!(
             "memory found: {} MiB in e820, {} KiB usable",
@@ -92,13 +94,16 @@ mod kmain {
         // (the pool is disjoint by construction), and this is the only call.
         unsafe { heap::init(plan.heap.start, plan.heap.len()) };
         log::info!(
-            "heap: {:#x}..{:#x} ({} KiB); shared pool reserved {:#x}..{:#x} ({} KiB)",
+            "heap: {:#x}..{:#x} ({} KiB)",
             plan.heap.start,
             plan.heap.end,
-            plan.heap.len() >> 10,
-            plan.pool.start,
-            plan.pool.end,
-            plan.pool.len() >> 10
+            plan.heap.len() >> 10
+        );
+        log::info!(
+            "shared pool: {:#x}..{:#x} ({} KiB), the only memory the host may access",
+            pool.start,
+            pool.end,
+            pool.len() >> 10
         );
         heap_self_test();
 

@@ -1,16 +1,14 @@
 //! Planning the kernel's use of RAM from the `BootInfo` memory regions.
 //!
-//! The shared-page pool is carved first (one contiguous, page-aligned range,
-//! the only memory the host may ever access), then the heap takes the largest
-//! usable range left.
+//! The shared-page pool is not planned here: its place is fixed by the layout
+//! (`vellum_boot::layout::POOL_BASE`), boot reserves it, makes it shared under
+//! SEV-SNP and reports it in the hand-off block. The heap takes the largest
+//! usable range.
 
 use bootloader_api::info::{MemoryRegion, MemoryRegionKind};
 
 /// Page size.
 pub const PAGE: u64 = 0x1000;
-/// The pool is placed and sized in whole 2 MiB pages, so that under SEV-SNP
-/// its mapping differs from private memory in whole page-directory entries.
-pub const POOL_ALIGN: u64 = 0x20_0000;
 
 /// A half-open physical range.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -24,19 +22,21 @@ pub struct Range {
 impl Range {
     /// Length in bytes.
     pub fn len(&self) -> u64 {
-        self.end - self.start
+        self.end.saturating_sub(self.start)
     }
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.start >= self.end
+    }
+    /// True when the two ranges share a byte.
+    pub fn overlaps(&self, other: &Range) -> bool {
+        self.start < other.end && other.start < self.end
     }
 }
 
 /// Where the kernel's memory goes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Plan {
-    /// The shared pool (empty when none was asked for).
-    pub pool: Range,
     /// The heap.
     pub heap: Range,
     /// Usable RAM in total, before the plan.
@@ -46,73 +46,40 @@ pub struct Plan {
 /// Why no plan could be made.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum PlanError {
-    /// No usable range can hold the pool.
-    NoRoomForPool {
-        /// Bytes asked for.
-        wanted: u64,
-    },
-    /// Less than `min_heap` left for the heap.
+    /// Less than the minimum left for the heap.
     HeapTooSmall {
         /// Bytes found.
         found: u64,
+        /// Bytes needed.
+        needed: u64,
     },
+    /// A usable region overlaps the pool (boot must have reserved it).
+    PoolNotReserved,
 }
 
-/// Places a pool of `pool_bytes` (rounded up to [`POOL_ALIGN`]) at the lowest
-/// 2 MiB-aligned address of a usable range that holds it, then the heap on the
-/// largest usable range (or remainder) left, capped at `max_heap`.
+/// Puts the heap on the largest page-aligned usable range, capped at
+/// `max_heap`, and checks that no usable range overlaps the `pool`.
 pub fn plan(
     regions: &[MemoryRegion],
-    pool_bytes: u64,
+    pool: Range,
     min_heap: u64,
     max_heap: u64,
 ) -> Result<Plan, PlanError> {
-    let usable = |r: &&MemoryRegion| r.kind == MemoryRegionKind::Usable;
-    let aligned = |r: &MemoryRegion| Range {
-        start: r.start.div_ceil(PAGE) * PAGE,
-        end: r.end / PAGE * PAGE,
-    };
-    let total = regions.iter().filter(usable).map(|r| r.end - r.start).sum();
-    let pool_bytes = pool_bytes.div_ceil(POOL_ALIGN) * POOL_ALIGN;
-    let mut pool = Range { start: 0, end: 0 };
-    if pool_bytes > 0 {
-        pool = regions
-            .iter()
-            .filter(usable)
-            .map(|r| Range {
-                start: r.start.div_ceil(POOL_ALIGN) * POOL_ALIGN,
-                end: r.end / PAGE * PAGE,
-            })
-            .find(|r| r.start < r.end && r.len() >= pool_bytes)
-            .map(|r| Range {
-                start: r.start,
-                end: r.start + pool_bytes,
-            })
-            .ok_or(PlanError::NoRoomForPool { wanted: pool_bytes })?;
+    let usable = regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable);
+    let total = usable.clone().map(|r| r.end - r.start).sum();
+    if usable.clone().any(|r| {
+        Range {
+            start: r.start,
+            end: r.end,
+        }
+        .overlaps(&pool)
+    }) {
+        return Err(PlanError::PoolNotReserved);
     }
-    let heap = regions
-        .iter()
-        .filter(usable)
-        .map(aligned)
-        .map(|r| {
-            if r.start < pool.end && pool.start < r.end {
-                // The larger of the pieces before and after the pool.
-                let before = Range {
-                    start: r.start,
-                    end: pool.start,
-                };
-                let after = Range {
-                    start: pool.end,
-                    end: r.end,
-                };
-                if before.len() > after.len() {
-                    before
-                } else {
-                    after
-                }
-            } else {
-                r
-            }
+    let heap = usable
+        .map(|r| Range {
+            start: r.start.div_ceil(PAGE) * PAGE,
+            end: r.end / PAGE * PAGE,
         })
         .filter(|r| !r.is_empty())
         .max_by_key(|r| r.len())
@@ -121,13 +88,13 @@ pub fn plan(
             end: r.start + r.len().min(max_heap),
         })
         .unwrap_or(Range { start: 0, end: 0 });
-    if heap.is_empty() || heap.len() < min_heap {
+    if heap.len() < min_heap.max(1) {
         return Err(PlanError::HeapTooSmall {
-            found: if heap.is_empty() { 0 } else { heap.len() },
+            found: heap.len(),
+            needed: min_heap,
         });
     }
     Ok(Plan {
-        pool,
         heap,
         usable: total,
     })
@@ -143,65 +110,51 @@ mod tests {
 
     const U: MemoryRegionKind = MemoryRegionKind::Usable;
     const B: MemoryRegionKind = MemoryRegionKind::Bootloader;
+    const POOL: Range = Range {
+        start: 0x10_0000,
+        end: 0x20_0000,
+    };
 
     #[test]
-    fn pool_then_heap() {
+    fn heap_on_the_largest_usable_range() {
         let regs = [
             r(0x1000, 0x9_0000, B),
             r(0x9_0000, 0xA_0000, U),
-            r(0x10_0000, 0x20_0000, U),
+            r(0x10_0000, 0x20_0000, B),
             r(0x20_0000, 0x40_0000, B),
-            r(0x40_0000, 0x100_0000, U),
+            r(0x40_0800, 0x100_0000, U),
         ];
-        let p = plan(&regs, 0x8_0000, 0x10_0000, u64::MAX).unwrap();
-        // Rounded up to 2 MiB and 2 MiB aligned: only the last range holds it.
-        assert_eq!(
-            p.pool,
-            Range {
-                start: 0x40_0000,
-                end: 0x60_0000
-            }
-        );
+        let p = plan(&regs, POOL, 0x10_0000, u64::MAX).unwrap();
         assert_eq!(
             p.heap,
             Range {
-                start: 0x60_0000,
+                start: 0x40_1000,
                 end: 0x100_0000
             }
         );
-        assert_eq!(p.usable, 0x1_0000 + 0x10_0000 + 0xC0_0000);
-        // The heap may share the pool's range when that range is the largest.
-        let p = plan(&regs, 0x100_000 - 0x1000, 0, u64::MAX).unwrap();
-        assert!(p.heap.start >= p.pool.end || p.heap.end <= p.pool.start);
+        assert_eq!(p.usable, 0x1_0000 + 0xC0_0000 - 0x800);
+        let p = plan(&regs, POOL, 0, 0x1000).unwrap();
+        assert_eq!(p.heap.len(), 0x1000);
     }
 
     #[test]
-    fn never_overlaps_and_errors_are_clear() {
-        let regs = [r(0x10_0000, 0x50_0000, U)];
-        let p = plan(&regs, 0x1_0001, 0, u64::MAX).unwrap();
+    fn errors_are_clear() {
+        let regs = [r(0x20_0000, 0x30_0000, U)];
         assert_eq!(
-            p.pool,
-            Range {
-                start: 0x20_0000,
-                end: 0x40_0000
+            plan(&regs, POOL, 0x20_0000, u64::MAX).unwrap_err(),
+            PlanError::HeapTooSmall {
+                found: 0x10_0000,
+                needed: 0x20_0000
             }
         );
         assert_eq!(
-            p.heap,
-            Range {
-                start: 0x40_0000,
-                end: 0x50_0000
-            }
+            plan(&[], POOL, 0, u64::MAX).unwrap_err(),
+            PlanError::HeapTooSmall { found: 0, needed: 0 }
         );
+        let bad = [r(0x18_0000, 0x30_0000, U)];
         assert_eq!(
-            plan(&regs, 0x100_0000, 0, u64::MAX).unwrap_err(),
-            PlanError::NoRoomForPool { wanted: 0x100_0000 }
+            plan(&bad, POOL, 0, u64::MAX).unwrap_err(),
+            PlanError::PoolNotReserved
         );
-        assert_eq!(
-            plan(&regs, 0x1F_0000, 0x20_0000, u64::MAX).unwrap_err(),
-            PlanError::HeapTooSmall { found: 0x10_0000 }
-        );
-        let p = plan(&regs, 0, 0, 0x1000).unwrap();
-        assert_eq!(p.heap.len(), 0x1000);
     }
 }
