@@ -42,13 +42,3 @@ pub fn init(origin: u64) -> &'static Clock {
 pub fn micros() -> u64 {
     CLOCK.get().map_or(0, |c| c.micros(rdtsc()))
 }
-
-/// Milliseconds since reset.
-pub fn millis() -> u64 {
-    micros() / 1000
-}
-
-/// TSC ticks per second (after `init`).
-pub fn hz() -> u64 {
-    CLOCK.get().map_or(0, |c| c.hz)
-}

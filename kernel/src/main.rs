@@ -1,6 +1,7 @@
 //! The Vellum kernel: a `bootloader_api` kernel started by `vellum-boot`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
-#![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
+#![cfg_attr(target_os = "none", feature(abi_x86_interrupt, core_intrinsics))]
+#![cfg_attr(target_os = "none", allow(internal_features))]
 
 #[cfg(not(target_os = "none"))]
 fn main() {
@@ -16,6 +17,12 @@ mod arch;
 mod clock;
 #[cfg(target_os = "none")]
 mod heap;
+#[cfg(target_os = "none")]
+mod net;
+#[cfg(target_os = "none")]
+mod pci;
+#[cfg(target_os = "none")]
+mod pool;
 #[cfg(target_os = "none")]
 #[macro_use]
 mod serial;
@@ -107,9 +114,19 @@ mod kmain {
         );
         heap_self_test();
 
-        log::info!("boot to ready: {} us since reset", clock::micros());
-        println!("vellum ready");
-        arch::cpu::halt_forever()
+        // SAFETY: boot reserved this range for the pool (the memory plan just
+        // checked no usable region overlaps it), made it shared under SEV-SNP,
+        // and nothing else in the kernel uses it; this is the only Pool.
+        let pool = unsafe { crate::pool::Pool::new(pool) };
+        match crate::net::run(pool) {
+            Ok(()) => unreachable!("the network loop does not return"),
+            Err(e) => {
+                log::warn!("network: {e}; serving nothing");
+                log::info!("boot to ready: {} us since reset", clock::micros());
+                crate::println!("vellum ready (no network)");
+                arch::cpu::halt_forever()
+            }
+        }
     }
 
     /// Allocates and frees through the global allocator and checks the heap

@@ -65,7 +65,9 @@ pub fn plan(
     min_heap: u64,
     max_heap: u64,
 ) -> Result<Plan, PlanError> {
-    let usable = regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable);
+    let usable = regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable);
     let total = usable.clone().map(|r| r.end - r.start).sum();
     if usable.clone().any(|r| {
         Range {
@@ -149,7 +151,10 @@ mod tests {
         );
         assert_eq!(
             plan(&[], POOL, 0, u64::MAX).unwrap_err(),
-            PlanError::HeapTooSmall { found: 0, needed: 0 }
+            PlanError::HeapTooSmall {
+                found: 0,
+                needed: 0
+            }
         );
         let bad = [r(0x18_0000, 0x30_0000, U)];
         assert_eq!(

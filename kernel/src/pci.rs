@@ -18,7 +18,10 @@ pub struct Function {
 
 impl Function {
     fn addr(&self, reg: u8) -> u32 {
-        0x8000_0000 | (u32::from(self.dev) << 11) | (u32::from(self.func) << 8) | u32::from(reg & 0xFC)
+        0x8000_0000
+            | (u32::from(self.dev) << 11)
+            | (u32::from(self.func) << 8)
+            | u32::from(reg & 0xFC)
     }
 
     /// Reads a configuration dword.

@@ -52,7 +52,10 @@ impl Pool {
 
     fn aligned<T>(&self, offset: usize) -> *mut T {
         let p = self.ptr(offset, size_of::<T>());
-        assert!(p.cast::<T>().is_aligned(), "unaligned pool access at {offset:#x}");
+        assert!(
+            p.cast::<T>().is_aligned(),
+            "unaligned pool access at {offset:#x}"
+        );
         p.cast()
     }
 }

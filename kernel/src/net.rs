@@ -1,0 +1,156 @@
+//! Wiring the network: find the virtio-net PCI function, give its driver the
+//! shared pool, start the services and poll them forever (no interrupts).
+
+use crate::{
+    arch::{cpu, port::ports},
+    clock, heap, pci,
+    pool::Pool,
+};
+use alloc::boxed::Box;
+use smoltcp::{time::Instant, wire::EthernetAddress};
+use vellum_boot::layout;
+use vellum_net::{
+    metrics::METRICS,
+    services::{self, Services},
+    shared::IoPorts,
+    virtio::{self, VirtioNet},
+};
+
+/// Red Hat / virtio PCI vendor id.
+const VIRTIO_VENDOR: u16 = 0x1AF4;
+/// Transitional virtio-net device id (legacy I/O BAR 0).
+const VIRTIO_NET_LEGACY: u16 = 0x1000;
+/// Where the kernel places the device's I/O BAR (no firmware assigns BARs).
+const VIRTIO_IO_BASE: u16 = 0xC000;
+
+/// Pool pages the kernel keeps for itself before the driver's rings and
+/// buffers: the GHCB and the SNP guest-request and response pages.
+pub const POOL_RESERVED: usize = 3 * layout::PAGE_SIZE as usize;
+
+/// The legacy virtio I/O BAR; every access leaves the guest (an I/O exit; a
+/// GHCB IOIO exit under SEV-SNP) and is counted.
+#[derive(Debug)]
+struct VirtioPorts {
+    base: u16,
+}
+
+impl IoPorts for VirtioPorts {
+    fn read8(&mut self, offset: u16) -> u8 {
+        METRICS.register_exits.inc();
+        ports().inb(self.base + offset)
+    }
+    fn read16(&mut self, offset: u16) -> u16 {
+        METRICS.register_exits.inc();
+        ports().inw(self.base + offset)
+    }
+    fn read32(&mut self, offset: u16) -> u32 {
+        METRICS.register_exits.inc();
+        ports().inl(self.base + offset)
+    }
+    fn write8(&mut self, offset: u16, value: u8) {
+        METRICS.register_exits.inc();
+        ports().outb(self.base + offset, value)
+    }
+    fn write16(&mut self, offset: u16, value: u16) {
+        METRICS.register_exits.inc();
+        ports().outw(self.base + offset, value)
+    }
+    fn write32(&mut self, offset: u16, value: u32) {
+        METRICS.register_exits.inc();
+        ports().outl(self.base + offset, value)
+    }
+}
+
+fn now() -> Instant {
+    Instant::from_micros(clock::micros() as i64)
+}
+
+/// Brings up the NIC and serves forever. Returns only if there is no NIC.
+pub fn run(pool: Pool) -> Result<(), &'static str> {
+    let Some(f) = pci::find(VIRTIO_VENDOR, VIRTIO_NET_LEGACY) else {
+        return Err("no virtio-net (legacy/transitional) PCI device");
+    };
+    let Some(bar_size) = f.assign_io_bar(0, VIRTIO_IO_BASE) else {
+        return Err("virtio-net BAR 0 is not an I/O BAR");
+    };
+    log::info!(
+        "virtio-net at 00:{:02x}.{}: I/O BAR {:#x}+{:#x}",
+        f.dev,
+        f.func,
+        VIRTIO_IO_BASE,
+        bar_size
+    );
+    let config = virtio::Config {
+        rx_buffers: 256,
+        tx_buffers: 128,
+        ..virtio::Config::default()
+    };
+    let end = vellum_net::shared::SharedMem::size(&pool);
+    let mut nic = match VirtioNet::new(
+        pool,
+        VirtioPorts {
+            base: VIRTIO_IO_BASE,
+        },
+        POOL_RESERVED,
+        end,
+        config,
+    ) {
+        Ok(n) => n,
+        Err(e) => panic!("virtio-net init: {e:?}"),
+    };
+    let l = nic.layout();
+    log::info!(
+        "virtio-net: mac {}, {} RX + {} TX buffers in pool {:#x}..{:#x}, tx csum offload {}",
+        EthernetAddress(nic.mac()),
+        l.rx_buf_count,
+        l.tx_buf_count,
+        POOL_RESERVED,
+        l.end,
+        nic.tx_checksum_offload()
+    );
+    let mut cfg = services::Config::default();
+    cfg.random_seed = seed();
+    let mac = EthernetAddress(nic.mac());
+    let mut svc = match Services::new(cfg, &mut nic, mac, now()) {
+        Ok(s) => s,
+        Err(e) => panic!("network services: {e:?}"),
+    };
+    svc.set_metrics_extra(Box::new(|w: &mut vellum_net::http::MetricsWriter<'_>| {
+        let (used, free) = heap::stats();
+        w.gauge("heap_used_bytes", "Kernel heap in use.", used as u64);
+        w.gauge("heap_free_bytes", "Kernel heap free.", free as u64);
+        w.gauge(
+            "shared_pool_bytes",
+            "Size of the one memory range shared with the host.",
+            layout::POOL_SIZE,
+        );
+        w.gauge(
+            "uptime_seconds",
+            "Seconds since reset.",
+            clock::micros() / 1_000_000,
+        );
+    }));
+    let addr = svc.address();
+    log::info!(
+        "services: http :80, echo :7 (buffers {} KiB)",
+        svc.config().buffer_bytes() >> 10
+    );
+    log::info!("boot to ready: {} us since reset", clock::micros());
+    match addr {
+        Some(a) => crate::println!("vellum ready at {a}"),
+        None => crate::println!("vellum ready (no address yet: waiting for DHCP)"),
+    }
+    loop {
+        let r = svc.poll(&mut nic, now());
+        nic.flush();
+        if !r.activity {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// A per-boot seed for smoltcp (TCP initial sequence numbers, DHCP xid): RDRAND
+/// when the CPU has it, else the TSC.
+fn seed() -> u64 {
+    cpu::rdrand64().unwrap_or_else(cpu::rdtsc)
+}

@@ -1,1 +1,0 @@
-//! Legacy virtio-net over the shared pool.
