@@ -6,6 +6,8 @@
 //! closes the watchdog's stdin (on drop, or when the test process dies), so no
 //! QEMU outlives the tests.
 
+pub mod http;
+
 use std::{
     io::{BufRead, BufReader, Write},
     net::TcpListener,

@@ -33,9 +33,9 @@ pub use response::{Body, Response, Status};
 pub use router::{Handler, MetricsExtra, MetricsWriter, Router, StackGauges, render_metrics};
 pub use session::{HttpConfig, HttpSession};
 
-/// The page served on `GET /`. The lead replaces it with the Linux baseline's
-/// page for the benchmark; any byte string works (the `Content-Length` follows).
-pub const INDEX_HTML: &[u8] = b"<!doctype html><html><head><title>vellum-baseline</title></head><body><h1>It works</h1><p>vellum</p></body></html>\n";
+/// The page served on `GET /`: the same 115 bytes as the Linux baseline guest
+/// (`shared/bench/linux-baseline/guest/index.html`), for a fair benchmark.
+pub const INDEX_HTML: &[u8] = b"<!DOCTYPE html>\n<html><head><title>hello</title></head><body><h1>Hello from the benchmark guest</h1></body></html>\n";
 
 /// `Content-Type` of [`INDEX_HTML`].
 pub const INDEX_CONTENT_TYPE: &str = "text/html; charset=utf-8";
