@@ -45,6 +45,9 @@ vellum_setup() {
   fi
   (cd "$vellum_root" && rustup toolchain install >/dev/null 2>&1) || {
     vellum_say "rustup toolchain install failed:"; (cd "$vellum_root" && rustup toolchain install); return 1; }
+  # ring, patched for bare metal (see scripts/patch-ring.py); cargo needs it
+  # before it can even read the workspace.
+  python3 "$vellum_root/scripts/patch-ring.py" "$vellum_root" || return 1
   case " $need " in *" qemu "*) vellum_install_qemu || return 1;; esac
   case " $need " in *" curl "*) command -v curl >/dev/null || pkgs+=(curl);; esac
   case " $need " in *" openssl "*) command -v openssl >/dev/null || pkgs+=(openssl);; esac

@@ -18,3 +18,6 @@ pub mod metrics;
 pub mod services;
 pub mod shared;
 pub mod virtio;
+
+/// The smoltcp version the services are built on (for `Instant` and friends).
+pub use smoltcp;

@@ -30,7 +30,9 @@ mod session;
 
 pub use parse::{Header, HttpError, Limits, Method, Request, Target, Version};
 pub use response::{Body, Response, Status};
-pub use router::{Handler, MetricsExtra, MetricsWriter, Router, StackGauges, render_metrics};
+pub use router::{
+    AttestationRoute, Handler, MetricsExtra, MetricsWriter, Router, StackGauges, render_metrics,
+};
 pub use session::{HttpConfig, HttpSession};
 
 /// The page served on `GET /`: the same 115 bytes as the Linux baseline guest

@@ -155,6 +155,8 @@ pub struct Request<'a> {
     pub content_length: u64,
     /// Whether the client asked for, or defaults to, a persistent connection.
     pub keep_alive: bool,
+    /// The request arrived over TLS (set by the session, not parsed).
+    pub secure: bool,
 }
 
 impl<'a> Request<'a> {
@@ -496,6 +498,7 @@ pub fn parse_head<'a>(
         headers: &storage[..count],
         content_length: content_length.unwrap_or(0),
         keep_alive,
+        secure: false,
     })
 }
 

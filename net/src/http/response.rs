@@ -17,10 +17,14 @@ pub enum Status {
     ContentTooLarge,
     /// 414.
     UriTooLong,
+    /// 429 (attestation rate limit).
+    TooManyRequests,
     /// 431.
     HeaderFieldsTooLarge,
     /// 501.
     NotImplemented,
+    /// 503 (e.g. attestation without SEV-SNP).
+    ServiceUnavailable,
     /// 505.
     VersionNotSupported,
 }
@@ -35,8 +39,10 @@ impl Status {
             Status::MethodNotAllowed => 405,
             Status::ContentTooLarge => 413,
             Status::UriTooLong => 414,
+            Status::TooManyRequests => 429,
             Status::HeaderFieldsTooLarge => 431,
             Status::NotImplemented => 501,
+            Status::ServiceUnavailable => 503,
             Status::VersionNotSupported => 505,
         }
     }
@@ -50,8 +56,10 @@ impl Status {
             Status::MethodNotAllowed => "Method Not Allowed",
             Status::ContentTooLarge => "Content Too Large",
             Status::UriTooLong => "URI Too Long",
+            Status::TooManyRequests => "Too Many Requests",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             Status::NotImplemented => "Not Implemented",
+            Status::ServiceUnavailable => "Service Unavailable",
             Status::VersionNotSupported => "HTTP Version Not Supported",
         }
     }
@@ -70,8 +78,10 @@ impl Status {
             Status::MethodNotAllowed => b"405 Method Not Allowed\n",
             Status::ContentTooLarge => b"413 Content Too Large\n",
             Status::UriTooLong => b"414 URI Too Long\n",
+            Status::TooManyRequests => b"429 Too Many Requests\n",
             Status::HeaderFieldsTooLarge => b"431 Request Header Fields Too Large\n",
             Status::NotImplemented => b"501 Not Implemented\n",
+            Status::ServiceUnavailable => b"503 Service Unavailable\n",
             Status::VersionNotSupported => b"505 HTTP Version Not Supported\n",
         }
     }
@@ -128,7 +138,13 @@ impl Response {
             status,
             content_type: "text/plain; charset=utf-8",
             body: Body::Static(status.error_body()),
-            close: !matches!(status, Status::NotFound | Status::MethodNotAllowed),
+            close: !matches!(
+                status,
+                Status::NotFound
+                    | Status::MethodNotAllowed
+                    | Status::TooManyRequests
+                    | Status::ServiceUnavailable
+            ),
         }
     }
 

@@ -200,12 +200,21 @@ pub fn render_metrics(
     }
 }
 
+/// The `/attestation` endpoint, served over TLS only (implemented by
+/// `vellum_crypto::Attestation`, which binds the report to the TLS key).
+pub trait AttestationRoute {
+    /// Answers `GET /attestation?<query>`.
+    fn respond(&self, query: Option<&str>) -> Response;
+}
+
 /// The routes: `GET|HEAD /` ([`INDEX_HTML`] or a replacement), `/health`,
-/// `/metrics`; 404 elsewhere; 405 for other methods.
+/// `/metrics`, and `GET /attestation` over TLS; 404 elsewhere; 405 for other
+/// methods.
 pub struct Router {
     index: &'static [u8],
     extra: Option<Box<dyn MetricsExtra>>,
     gauges: Option<StackGauges>,
+    attestation: Option<Box<dyn AttestationRoute>>,
 }
 
 impl fmt::Debug for Router {
@@ -214,6 +223,7 @@ impl fmt::Debug for Router {
             .field("index_len", &self.index.len())
             .field("extra", &self.extra.is_some())
             .field("gauges", &self.gauges)
+            .field("attestation", &self.attestation.is_some())
             .finish()
     }
 }
@@ -231,7 +241,13 @@ impl Router {
             index: INDEX_HTML,
             extra: None,
             gauges: None,
+            attestation: None,
         }
+    }
+
+    /// Sets the `/attestation` endpoint (HTTPS only).
+    pub fn set_attestation(&mut self, route: Option<Box<dyn AttestationRoute>>) {
+        self.attestation = route;
     }
 
     /// Replaces the page served on `/` (`text/html`).
@@ -262,6 +278,12 @@ impl Handler for Router {
                 let mut out = Vec::with_capacity(4096);
                 render_metrics(&mut out, self.gauges.as_ref(), self.extra.as_deref());
                 Response::ok("text/plain; version=0.0.4; charset=utf-8", Body::Owned(out))
+            }
+            "/attestation" if request.secure && request.method == Method::Get => {
+                match &self.attestation {
+                    Some(a) => a.respond(request.query),
+                    None => Response::error(Status::ServiceUnavailable),
+                }
             }
             _ => Response::error(Status::NotFound),
         }

@@ -72,6 +72,8 @@ pub struct HttpSession {
     request_started: Option<Instant>,
     /// Requests answered on this connection.
     requests: u64,
+    /// The connection runs over TLS (requests are marked `secure`).
+    secure: bool,
 }
 
 impl HttpSession {
@@ -89,7 +91,15 @@ impl HttpSession {
             last_activity: now,
             request_started: None,
             requests: 0,
+            secure: false,
         }
+    }
+
+    /// Marks the connection as running over TLS: its requests carry
+    /// `secure = true`, which HTTPS-only routes (`/attestation`) require.
+    pub fn secure(mut self) -> Self {
+        self.secure = true;
+        self
     }
 
     /// Requests answered so far.
@@ -177,7 +187,8 @@ impl HttpSession {
             };
             let mut storage = [Header::default(); MAX_HEADERS];
             let answer = match parse::parse_head(&self.input[..head_len], &mut storage, &limits) {
-                Ok(request) => {
+                Ok(mut request) => {
+                    request.secure = self.secure;
                     let response = handler.handle(&request);
                     let keep_alive = request.keep_alive && !response.close;
                     Ok((

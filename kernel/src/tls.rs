@@ -1,0 +1,114 @@
+//! HTTPS on 443 and TLS echo on 7443: the boot-time identity, the rustls
+//! provider, and the two TLS services on the network stack. Plaintext, keys and
+//! session secrets stay in private memory (heap); only ciphertext reaches the
+//! TCP sockets and from there the shared pool.
+
+use crate::{arch::cpu, clock};
+use alloc::{boxed::Box, sync::Arc};
+use vellum_crypto::{
+    AttestError, Attestation, CertParams, EntropySource, Identity, KernelClock, ReportSource,
+    RngError, TlsOver, provider, server_config,
+};
+use vellum_net::{
+    http::HttpSession,
+    services::{DynSession, EchoSession, PoolConfig, Services},
+    smoltcp::time::Instant,
+};
+
+/// HTTPS port.
+pub const HTTPS_PORT: u16 = 443;
+/// TLS echo port.
+pub const TLS_ECHO_PORT: u16 = 7443;
+
+/// RDRAND as the entropy source (retries per Intel's guidance; fails cleanly).
+#[derive(Debug)]
+struct Rdrand;
+
+impl EntropySource for Rdrand {
+    fn fill(&self, dest: &mut [u8]) -> Result<(), RngError> {
+        for chunk in dest.chunks_mut(8) {
+            let v = cpu::rdrand64().ok_or(RngError)?;
+            chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+/// CPUID.1:ECX[30] (RDRAND). Under SEV-SNP this CPUID is answered by the #VC
+/// handler from the CPUID page.
+fn has_rdrand() -> bool {
+    core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0
+}
+
+/// Reports from the SNP firmware, when there is one.
+struct Reports {
+    snp: bool,
+}
+
+impl ReportSource for Reports {
+    fn report(&self, report_data: &[u8; 64]) -> Result<[u8; 1184], AttestError> {
+        if !self.snp {
+            return Err(AttestError::NotSnp);
+        }
+        crate::attest::report(report_data)
+    }
+}
+
+/// Generates the identity and adds HTTPS and TLS echo to `svc`.
+pub fn start(svc: &mut Services, snp: bool) -> Result<(), &'static str> {
+    if !has_rdrand() {
+        return Err("the CPU has no RDRAND: no entropy for TLS keys");
+    }
+    let rng: Arc<dyn EntropySource> = Arc::new(Rdrand);
+    let t0 = clock::micros();
+    let identity = Identity::generate(rng.as_ref(), &CertParams::vellum(None))
+        .map_err(|_| "could not generate the TLS identity")?;
+    let config = server_config(&identity, provider(rng), KernelClock::none())
+        .map_err(|_| "could not build the TLS configuration")?;
+    log::info!(
+        "tls: fresh P-256 identity in {} us; certificate {} bytes",
+        clock::micros() - t0,
+        identity.cert_der().len()
+    );
+    let attestation = Attestation::new(
+        identity.cert_der().to_vec(),
+        identity.spki_der().to_vec(),
+        Box::new(Reports { snp }),
+        Box::new(|| clock::micros() as i64),
+        1000,
+    );
+    svc.set_attestation(Box::new(attestation));
+
+    let https = {
+        let config = config.clone();
+        move |now: Instant| -> Box<DynSession> {
+            let inner: Box<DynSession> =
+                Box::new(HttpSession::new(vellum_net::http::HttpConfig::DEFAULT, now).secure());
+            match TlsOver::new(config.clone(), inner) {
+                Ok(s) => Box::new(s),
+                Err(_) => Box::new(EchoSession::closed()),
+            }
+        }
+    };
+    let echo = move |_: Instant| -> Box<DynSession> {
+        match TlsOver::new(config.clone(), Box::new(EchoSession::new(64 * 1024))) {
+            Ok(s) => Box::new(s),
+            Err(_) => Box::new(EchoSession::closed()),
+        }
+    };
+    let small = PoolConfig {
+        sockets: 16,
+        rx_buffer: 16 * 1024,
+        tx_buffer: 16 * 1024,
+    };
+    let bulk = PoolConfig {
+        sockets: 4,
+        rx_buffer: 64 * 1024,
+        tx_buffer: 64 * 1024,
+    };
+    svc.add_service(HTTPS_PORT, small, Box::new(https))
+        .map_err(|_| "port 443 in use")?;
+    svc.add_service(TLS_ECHO_PORT, bulk, Box::new(echo))
+        .map_err(|_| "port 7443 in use")?;
+    Ok(())
+}
