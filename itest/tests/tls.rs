@@ -1,0 +1,206 @@
+//! HTTPS, TLS echo and the attestation endpoint of the booted image, with real
+//! clients: curl, openssl s_client, and Python's ssl module (OpenSSL).
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+use vellum_itest::{Guest, http::curl};
+use vellum_net::http::INDEX_HTML;
+
+fn s_client(port: u16, extra: &[&str]) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-brief",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl (apt-get install openssl)");
+    // Close stdin: s_client shuts the connection down after the handshake.
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("openssl output");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn curl_gets_the_page_over_https() {
+    let g = Guest::boot();
+    assert!(
+        g.log().contains("https :443, tls echo :7443"),
+        "{}",
+        g.log()
+    );
+    let url = format!("https://127.0.0.1:{}/", g.https);
+    let (rc, body) = curl(&["-k", &url]);
+    assert_eq!(rc, 0);
+    assert_eq!(body, INDEX_HTML);
+    // Keep-alive over TLS: two transfers, one connection.
+    let (rc, out) = curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{num_connects} ",
+        &url,
+        &url,
+    ]);
+    assert_eq!(rc, 0);
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "1 0");
+}
+
+#[test]
+fn openssl_negotiates_tls13_with_aes_gcm() {
+    let g = Guest::boot();
+    for port in [g.https, g.tls_echo] {
+        let out = s_client(port, &[]);
+        assert!(out.contains("Protocol version: TLSv1.3"), "{out}");
+        assert!(out.contains("Ciphersuite: TLS_AES_256_GCM_SHA384"), "{out}");
+        assert!(
+            out.contains("CN=vellum") || out.contains("CN = vellum"),
+            "{out}"
+        );
+    }
+    // AES-128-GCM and ChaCha20 when the client asks only for those.
+    let out = s_client(g.https, &["-ciphersuites", "TLS_AES_128_GCM_SHA256"]);
+    assert!(out.contains("Ciphersuite: TLS_AES_128_GCM_SHA256"), "{out}");
+    let out = s_client(g.https, &["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"]);
+    assert!(
+        out.contains("Ciphersuite: TLS_CHACHA20_POLY1305_SHA256"),
+        "{out}"
+    );
+    // TLS 1.2 with ECDHE-ECDSA-AES256-GCM.
+    let out = s_client(
+        g.https,
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+    );
+    assert!(out.contains("Protocol version: TLSv1.2"), "{out}");
+}
+
+/// Python's ssl module (OpenSSL) as the TLS echo client: 4 MiB, byte-exact.
+const PY_TLS_ECHO: &str = r#"
+import hashlib, socket, ssl, sys, threading
+port = int(sys.argv[1]); n = 4 << 20
+data = bytes((i * 2654435761 >> 13) & 0xff for i in range(n))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=120))
+got = bytearray()
+def reader():
+    while len(got) < n:
+        b = s.recv(65536)
+        if not b:
+            break
+        got.extend(b)
+t = threading.Thread(target=reader); t.start()
+s.sendall(data)
+t.join()
+print(s.version(), s.cipher()[0], len(got), got == data)
+"#;
+
+#[test]
+fn tls_echo_round_trips_four_mebibytes_byte_exact() {
+    let g = Guest::boot();
+    let out = Command::new("python3")
+        .args(["-c", PY_TLS_ECHO, &g.tls_echo.to_string()])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.trim(),
+        format!("TLSv1.3 TLS_AES_256_GCM_SHA384 {} True", 4 << 20),
+        "{}",
+        g.log()
+    );
+}
+
+#[test]
+fn attestation_says_no_snp_under_tcg() {
+    let g = Guest::boot();
+    let base = format!("https://127.0.0.1:{}", g.https);
+    let (rc, out) = curl(&[
+        "-k",
+        "-w",
+        "\n%{http_code}",
+        &format!("{base}/attestation?nonce=00ff"),
+    ]);
+    assert_eq!(rc, 0);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.ends_with("\n503"), "{text}");
+    assert!(
+        text.contains(r#""error":"not running under SEV-SNP""#),
+        "{text}"
+    );
+    // Bad nonces are refused before anything else.
+    for q in [
+        "nonce=abc",
+        "nonce=zz",
+        "foo=1",
+        &format!("nonce={}", "00".repeat(33)),
+    ] {
+        let (rc, out) = curl(&[
+            "-k",
+            "-w",
+            "\n%{http_code}",
+            &format!("{base}/attestation?{q}"),
+        ]);
+        assert_eq!(rc, 0);
+        assert!(
+            String::from_utf8_lossy(&out).ends_with("\n400"),
+            "{q}: {}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    // Not over plain HTTP: the binding only means something over TLS.
+    let (rc, out) = curl(&[
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{}/attestation", g.http),
+    ]);
+    assert_eq!((rc, String::from_utf8_lossy(&out).trim()), (0, "404"));
+}
+
+#[test]
+fn garbage_on_tls_ports_closes_only_that_connection() {
+    let g = Guest::boot();
+    let url = format!("https://127.0.0.1:{}/", g.https);
+    for port in [g.https, g.tls_echo] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        // The server answers with a fatal alert (or nothing) and closes.
+        let _ = s.read_to_end(&mut buf);
+        assert!(buf.len() < 64, "no application data on garbage: {buf:?}");
+        if let Some(&first) = buf.first() {
+            assert_eq!(first, 0x15, "a TLS alert record");
+        }
+        let (rc, body) = curl(&["-k", &url]);
+        assert_eq!(
+            (rc, body.as_slice()),
+            (0, INDEX_HTML),
+            "still serving after garbage on {port}"
+        );
+    }
+}
