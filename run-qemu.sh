@@ -26,7 +26,11 @@ USAGE: ./run-qemu.sh [options] [-- extra QEMU args]
                        EPYC-v4 under SNP)
   --cbitpos N          SNP C-bit position (default 51)
   --policy HEX         SNP guest policy (default 0x30000: SMT allowed, debug off)
-  --id-block-args S    SNP: extra sev-snp-guest properties (id-block=..,id-auth=..)
+  --id-key PEM         SNP: sign an ID block for this image's measurement with
+                       the P-384 key PEM (`image id-block`), so the AMD-SP refuses
+                       the launch if the measurement differs
+  --author-key PEM     SNP: also sign the ID key with this author key
+  --id-block-args S    SNP: extra sev-snp-guest properties, verbatim
   -h, --help           this text
 
 The serial console is on stdout. The guest exits QEMU through isa-debug-exit:
@@ -35,7 +39,7 @@ USAGE
 }
 
 MEM=32M TIMEOUT="" PRINT=0 BUILD=1 IMAGE=target/vellum.bin KVM=0 SNP=0 NET=1 CPU=""
-HTTP=8080 ECHO=8007 HTTPS=8443 TLSECHO=7443 CBITPOS=51 POLICY=0x30000 IDARGS=""
+HTTP=8080 ECHO=8007 HTTPS=8443 TLSECHO=7443 CBITPOS=51 POLICY=0x30000 IDARGS="" IDKEY="" AUTHORKEY=""
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -54,6 +58,8 @@ while [ $# -gt 0 ]; do
     --cpu) CPU=$2; shift;;
     --cbitpos) CBITPOS=$2; shift;;
     --policy) POLICY=$2; shift;;
+    --id-key) IDKEY=$2; shift;;
+    --author-key) AUTHORKEY=$2; shift;;
     --id-block-args) IDARGS=$2; shift;;
     -h|--help) usage; exit 0;;
     --) shift; EXTRA=("$@"); break;;
@@ -61,6 +67,17 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+
+if [ $SNP = 1 ] && [ -n "$IDKEY" ]; then
+  # The ID block commits to this image's launch digest for exactly this launch:
+  # 1 vCPU (-smp 1), the -cpu model below, QEMU 10's guest features 0x1.
+  [ $BUILD = 1 ] && [ $PRINT = 0 ] && cargo run -q -p vellum-image -- build >&2
+  idcmd=(cargo run -q -p vellum-image -- id-block --image "$IMAGE" --id-key "$IDKEY"
+         --vcpus 1 --vcpu-type "${CPU:-EPYC-v4}" --policy "$POLICY")
+  [ -n "$AUTHORKEY" ] && idcmd+=(--author-key "$AUTHORKEY")
+  props=$("${idcmd[@]}") || { echo "run-qemu.sh: image id-block failed" >&2; exit 1; }
+  IDARGS="${props}${IDARGS:+,$IDARGS}"
+fi
 
 cmd=(qemu-system-x86_64 -machine q35 -smp 1 -m "$MEM" -nodefaults -no-reboot
      -display none -serial stdio -bios "$IMAGE")

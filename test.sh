@@ -38,5 +38,12 @@ if [ $QUICK = 0 ]; then
 
   step "guest tests (QEMU/TCG)"
   cargo test -q -p vellum-itest
+
+  step "reproducible image (a fresh clone elsewhere builds the same bytes)"
+  if [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && git rev-parse -q HEAD >/dev/null 2>&1; then
+    scripts/repro-check.sh --against-worktree
+  else
+    echo "skipped: uncommitted changes (the image is not a build of HEAD); run scripts/repro-check.sh after committing"
+  fi
 fi
 printf '\n== all checks passed in %ss\n' $(( $(date +%s) - t0 ))

@@ -35,6 +35,10 @@ pub struct Handoff {
     pub ram_bytes: u64,
     /// The shared-page pool `[start, end)`, made shared (SNP) and zeroed by boot.
     pub pool: [u64; 2],
+    /// Under SEV-SNP: the GPA of the GHCB boot registered with the hypervisor
+    /// (MSR protocol 0x012), always the first page of the pool; the kernel keeps
+    /// using it. 0 without SNP.
+    pub ghcb: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Handoff>() <= layout::PAGE_SIZE as usize);

@@ -60,7 +60,13 @@ mod tests {
         e[0..4].copy_from_slice(&60u32.to_be_bytes());
         e[4..6].copy_from_slice(&0x0021u16.to_be_bytes());
         e[8..16].copy_from_slice(b"etc/e820");
-        assert_eq!(match_entry(&e, "etc/e820"), Some(File { select: 0x21, size: 60 }));
+        assert_eq!(
+            match_entry(&e, "etc/e820"),
+            Some(File {
+                select: 0x21,
+                size: 60
+            })
+        );
         assert_eq!(match_entry(&e, "etc/e82"), None);
         assert_eq!(match_entry(&e, "etc/e8200"), None);
         // A name with no terminating NUL is compared over the whole field.

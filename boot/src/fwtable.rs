@@ -282,7 +282,9 @@ pub fn read_metadata(
     table: &Table<'_>,
     mut f: impl FnMut(Section),
 ) -> Result<usize, MetadataError> {
-    let data = table.get(&SEV_METADATA_GUID).ok_or(MetadataError::Missing)?;
+    let data = table
+        .get(&SEV_METADATA_GUID)
+        .ok_or(MetadataError::Missing)?;
     let off = le_u32(data, 0).ok_or(MetadataError::Missing)? as usize;
     let at = image
         .len()
@@ -342,7 +344,10 @@ mod tests {
         let meta = 0x400u32.to_le_bytes();
         let start = write_table(
             &mut img,
-            &[(SEV_METADATA_GUID, &meta[..]), (SEV_INFO_BLOCK_GUID, &info[..])],
+            &[
+                (SEV_METADATA_GUID, &meta[..]),
+                (SEV_INFO_BLOCK_GUID, &info[..]),
+            ],
         )
         .unwrap();
         let n = img.len();
@@ -415,14 +420,23 @@ mod tests {
         let mut v = img.clone();
         v[meta_at + 8] = 2;
         let t = Table::find(&v).unwrap();
-        assert_eq!(read_metadata(&v, &t, |_| ()), Err(MetadataError::BadVersion(2)));
+        assert_eq!(
+            read_metadata(&v, &t, |_| ()),
+            Err(MetadataError::BadVersion(2))
+        );
         let mut v = img.clone();
         v[meta_at] = b'X';
         let t = Table::find(&v).unwrap();
-        assert_eq!(read_metadata(&v, &t, |_| ()), Err(MetadataError::BadSignature));
+        assert_eq!(
+            read_metadata(&v, &t, |_| ()),
+            Err(MetadataError::BadSignature)
+        );
         let mut v = img.clone();
         v[meta_at + 16 + 8] = 9;
         let t = Table::find(&v).unwrap();
-        assert_eq!(read_metadata(&v, &t, |_| ()), Err(MetadataError::UnknownType(9)));
+        assert_eq!(
+            read_metadata(&v, &t, |_| ()),
+            Err(MetadataError::UnknownType(9))
+        );
     }
 }

@@ -13,10 +13,12 @@
 //! 0x0000_0000 ..0x0000_1000   untouched (real-mode IVT/BDA); never used
 //! 0x0000_1000 ..0x0000_2000   SNP secrets page            ASEV type 2 (SECRETS)
 //! 0x0000_2000 ..0x0000_3000   SNP CPUID page              ASEV type 3 (CPUID)
-//! 0x0000_3000 ..0x0000_9000   boot page tables            ASEV type 1 (SNP_SEC_MEM) ┐
+//! 0x0000_3000 ..0x0000_A000   boot page tables            ASEV type 1 (SNP_SEC_MEM) ┐
 //!                             PML4 0x3000, PDPT 0x4000,                              │
-//!                             PD[0..4] 0x5000..0x9000 (2 MiB pages, 0..4 GiB)        │
-//! 0x0000_9000 ..0x0001_0000   spare, part of SEC_MEM                                 │
+//!                             PD[0..4] 0x5000..0x9000 (2 MiB pages, 0..4 GiB),       │
+//!                             PT0 0x9000 (4 KiB pages over the first 2 MiB)          │
+//! 0x0000_A000 ..0x0000_B000   early page: 32-bit IDT (#VC), SEV_STATUS/C-bit slot    │
+//! 0x0000_B000 ..0x0001_0000   spare, part of SEC_MEM                                 │
 //! 0x0001_0000 ..0x0006_0000   boot code/data/bss, copied from ROM at reset           │
 //! 0x0006_0000 ..0x0008_0000   boot stack (grows down from 0x8_0000)                  │
 //! 0x0008_0000 ..0x0009_0000   hand-off area: BootInfo, memory regions, Handoff       ┘
@@ -79,8 +81,36 @@ pub const BOOT_PDPT: u64 = 0x4000;
 pub const BOOT_PD0: u64 = 0x5000;
 /// Number of page directories the boot tables use.
 pub const BOOT_PD_COUNT: u64 = 4;
+/// Boot page tables: the 4 KiB page table that PD0\[0\] points to, splitting
+/// the first 2 MiB so that the shared pool can be mapped without the C-bit.
+pub const BOOT_PT0: u64 = BOOT_PD0 + BOOT_PD_COUNT * PAGE_SIZE;
 /// End of the boot page tables.
-pub const BOOT_PAGE_TABLES_END: u64 = BOOT_PD0 + BOOT_PD_COUNT * PAGE_SIZE;
+pub const BOOT_PAGE_TABLES_END: u64 = BOOT_PT0 + PAGE_SIZE;
+
+/// Early page written by `entry.s` in 32-bit mode: the 32-bit IDT (32 gates,
+/// vector 29 = the #VC MSR-protocol CPUID handler) at offset 0, and the
+/// [`BOOT_EARLY_STATE`] slot. Inside SNP_SEC_MEM (pre-validated, private).
+pub const BOOT_EARLY_PAGE: u64 = BOOT_PAGE_TABLES_END;
+/// The 32-bit IDT (before long mode only).
+pub const BOOT_IDT32: u64 = BOOT_EARLY_PAGE;
+/// Gates in the 32-bit IDT (the exception vectors).
+pub const BOOT_IDT32_GATES: u64 = 32;
+/// What `entry.s` detected: `u64` SEV_STATUS at +0 (0 without SEV), `u64`
+/// C-bit position at +8 (0 without SEV-SNP). Read by the 64-bit entry code and
+/// passed to `boot_main`.
+pub const BOOT_EARLY_STATE: u64 = BOOT_EARLY_PAGE + 0x100;
+/// End of the early page.
+pub const BOOT_EARLY_PAGE_END: u64 = BOOT_EARLY_PAGE + PAGE_SIZE;
+
+/// Under SEV-SNP the boot page tables map this window of the 32-bit PCI hole
+/// (PCI BARs, IOAPIC 0xFEC0_0000, HPET, LAPIC 0xFEE0_0000) **without** the C-bit:
+/// MMIO must be accessed as shared (`snp-reference.md` §1.7). It stops below the
+/// largest firmware image, whose range stays private. q35 never puts RAM here
+/// (low RAM ends at or below the 0xB000_0000 MMCONFIG window); boot refuses an
+/// e820 map that does.
+pub const MMIO_SHARED_START: u64 = 0xC000_0000;
+/// End of the shared MMIO window.
+pub const MMIO_SHARED_END: u64 = FIRMWARE_TOP - IMAGE_MAX_SIZE;
 
 /// Boot's RAM image (code, rodata, data, bss) is linked and copied here.
 pub const BOOT_RAM_BASE: u64 = 0x1_0000;
@@ -139,6 +169,14 @@ pub const fn align_down(x: u64, align: u64) -> u64 {
 // The layout rules, checked at compile time.
 const _: () = {
     assert!(BOOT_PAGE_TABLES_END <= BOOT_RAM_BASE);
+    assert!(BOOT_EARLY_PAGE_END <= BOOT_RAM_BASE);
+    assert!(BOOT_IDT32 + BOOT_IDT32_GATES * 8 <= BOOT_EARLY_STATE);
+    assert!(SEC_MEM_START <= BOOT_PML4 && BOOT_EARLY_PAGE_END <= SEC_MEM_END);
+    // The pool lies in the first 2 MiB, which PT0 maps with 4 KiB pages.
+    assert!(POOL_END <= LARGE_PAGE_SIZE);
+    assert!(MMIO_SHARED_START.is_multiple_of(LARGE_PAGE_SIZE));
+    assert!(MMIO_SHARED_END.is_multiple_of(LARGE_PAGE_SIZE));
+    assert!(MMIO_SHARED_START < MMIO_SHARED_END && MMIO_SHARED_END <= IDENTITY_MAPPED_END);
     assert!(BOOT_RAM_END <= BOOT_STACK_TOP);
     assert!(BOOT_STACK_TOP <= HANDOFF_BASE);
     assert!(HANDOFF_END <= LEGACY_HOLE_START);
@@ -187,8 +225,8 @@ mod tests {
 
     #[test]
     fn boot_rom_holds_the_table_window_and_reset_vector() {
-        assert!(FW_TABLE_START >= BOOT_ROM_BASE);
-        assert!(RESET_VECTOR > FW_TABLE_END);
+        const { assert!(FW_TABLE_START >= BOOT_ROM_BASE) };
+        const { assert!(RESET_VECTOR > FW_TABLE_END) };
         assert_eq!(FIRMWARE_TOP - RESET_VECTOR, 16);
     }
 }

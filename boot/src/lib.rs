@@ -11,5 +11,7 @@ pub mod e820;
 pub mod fwcfg;
 pub mod fwtable;
 pub mod layout;
+pub mod paging;
 pub mod payload;
 pub mod regions;
+pub mod snp;

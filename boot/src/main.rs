@@ -14,7 +14,11 @@ fn main() {
 }
 
 #[cfg(target_os = "none")]
+mod sev;
+
+#[cfg(target_os = "none")]
 mod firmware {
+    use crate::sev;
     use bootloader_api::{
         BootInfo,
         info::{MemoryRegion, Optional},
@@ -25,8 +29,13 @@ mod firmware {
         e820::{self, E820},
         fwcfg, fwtable,
         layout::{self, FIRMWARE_TOP},
-        payload,
-        regions::Regions,
+        paging, payload,
+        regions::{RegionError, Regions},
+        snp::{
+            cpuid::CpuidPage,
+            msr_protocol::{TerminateReason, terminate_request},
+            validate::{self, Touch, ValidateError, ValidatedSet, ValidationPlan},
+        },
     };
 
     /// CPUID(1).ECX bits the Rust code is compiled to use: SSE3, PCLMULQDQ,
@@ -48,42 +57,78 @@ mod firmware {
         pdpt = const layout::BOOT_PDPT,
         pd0 = const layout::BOOT_PD0,
         pd_count = const layout::BOOT_PD_COUNT,
+        pt0 = const layout::BOOT_PT0,
         pt_end = const layout::BOOT_PAGE_TABLES_END,
+        early_page = const layout::BOOT_EARLY_PAGE,
+        idt32 = const layout::BOOT_IDT32,
+        idt32_gates = const layout::BOOT_IDT32_GATES,
+        early_state = const layout::BOOT_EARLY_STATE,
+        cpuid_page = const layout::SNP_CPUID_PAGE,
+        pool_first_pte = const layout::POOL_BASE / layout::PAGE_SIZE,
+        pool_end_pte = const layout::POOL_END / layout::PAGE_SIZE,
+        mmio_first_pde = const layout::MMIO_SHARED_START / layout::LARGE_PAGE_SIZE,
+        mmio_end_pde = const layout::MMIO_SHARED_END / layout::LARGE_PAGE_SIZE,
+        c_bit_min = const paging::C_BIT_MIN,
+        c_bit_max = const paging::C_BIT_MAX,
+        term_general = const terminate_request(TerminateReason::GENERAL),
+        term_snp_unsupported = const terminate_request(TerminateReason::SNP_UNSUPPORTED),
+        term_c_bit = const terminate_request(TerminateReason::C_BIT_MISMATCH),
+        term_cpuid = const terminate_request(TerminateReason::CPUID),
+        term_cpuid_hv = const terminate_request(TerminateReason::CPUID_HV),
+        term_unexpected_vc = const terminate_request(TerminateReason::UNEXPECTED_VC),
         required_ecx = const REQUIRED_ECX,
         options(att_syntax)
     );
 
     mod io {
-        //! Port I/O. Plain QEMU only for now: under SEV-SNP these become GHCB
-        //! IOIO exits.
+        //! Port I/O, picked at run time: the IN/OUT instructions without SEV,
+        //! GHCB IOIO exits under SEV-SNP (`crate::sev`). Under SNP before the
+        //! GHCB is registered there is no way to do port I/O: terminate.
+        use crate::sev::{self, PortMode};
         use core::arch::asm;
+        use vellum_boot::snp::{ghcb::IoSize, msr_protocol::TerminateReason};
 
         /// Writes a byte to an I/O port.
         pub fn outb(port: u16, value: u8) {
-            // SAFETY: boot only writes the ports of devices it drives (COM1,
-            // fw_cfg, isa-debug-exit); none of them can affect memory safety.
-            unsafe {
-                asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
-            };
+            match sev::port_mode() {
+                // SAFETY: boot only writes the ports of devices it drives
+                // (COM1, fw_cfg, isa-debug-exit); none of them can affect
+                // memory safety.
+                PortMode::Direct => unsafe {
+                    asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+                },
+                PortMode::Ghcb => sev::io_out(port, IoSize::Byte, value.into()),
+                PortMode::Unavailable => sev::terminate(TerminateReason::GENERAL),
+            }
         }
 
         /// Writes a 16-bit value to an I/O port.
         pub fn outw(port: u16, value: u16) {
-            // SAFETY: as for `outb`: only the fw_cfg selector is written.
-            unsafe {
-                asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
-            };
+            match sev::port_mode() {
+                // SAFETY: as for `outb`: only the fw_cfg selector is written.
+                PortMode::Direct => unsafe {
+                    asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+                },
+                PortMode::Ghcb => sev::io_out(port, IoSize::Word, value.into()),
+                PortMode::Unavailable => sev::terminate(TerminateReason::GENERAL),
+            }
         }
 
         /// Reads a byte from an I/O port.
         pub fn inb(port: u16) -> u8 {
-            let v: u8;
-            // SAFETY: reading COM1 status or the fw_cfg data port has no effect
-            // on memory.
-            unsafe {
-                asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
-            };
-            v
+            match sev::port_mode() {
+                PortMode::Direct => {
+                    let v: u8;
+                    // SAFETY: reading COM1 status or the fw_cfg data port has
+                    // no effect on memory.
+                    unsafe {
+                        asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
+                    };
+                    v
+                }
+                PortMode::Ghcb => sev::io_in(port, IoSize::Byte) as u8,
+                PortMode::Unavailable => sev::terminate(TerminateReason::GENERAL),
+            }
         }
 
         /// Reads the time-stamp counter.
@@ -127,8 +172,19 @@ mod firmware {
 
     /// Stops the machine after a fatal boot error: exit QEMU through
     /// isa-debug-exit when present (status 0x11, QEMU exits 35), else halt.
+    /// Under SEV-SNP: print if the GHCB is up, then terminate (reason GENERAL).
     fn fail(args: core::fmt::Arguments<'_>) -> ! {
-        let _ = writeln!(Serial, "vellum-boot: fatal: {args}");
+        fail_with(TerminateReason::GENERAL, args)
+    }
+
+    /// [`fail`] with an SNP termination reason.
+    fn fail_with(reason: TerminateReason, args: core::fmt::Arguments<'_>) -> ! {
+        if sev::port_mode() != sev::PortMode::Unavailable {
+            let _ = writeln!(Serial, "vellum-boot: fatal: {args}");
+        }
+        if sev::is_snp() {
+            sev::terminate(reason);
+        }
         io::outb(0xF4, 0x11);
         loop {
             // SAFETY: HLT with interrupts disabled parks the CPU; nothing else runs.
@@ -193,11 +249,140 @@ mod firmware {
         unsafe { core::slice::from_raw_parts(gpa as *const u8, len as usize) }
     }
 
-    /// Called by `entry.s` on the boot stack, in 64-bit mode, with SSE/AVX on.
-    #[unsafe(no_mangle)]
-    extern "C" fn boot_main(tsc_at_reset: u64) -> ! {
+    /// Reads entry `index` of one of the boot page tables.
+    fn table_entry(table: paging::Table, index: usize) -> u64 {
+        let base = match table {
+            paging::Table::Pml4 => layout::BOOT_PML4,
+            paging::Table::Pdpt => layout::BOOT_PDPT,
+            paging::Table::Pd => layout::BOOT_PD0,
+            paging::Table::Pt0 => layout::BOOT_PT0,
+        };
+        let limit = match table {
+            paging::Table::Pd => paging::PD_ENTRIES,
+            _ => paging::ENTRIES,
+        };
+        assert!(index < limit);
+        // SAFETY: the boot page tables live in SNP_SEC_MEM (private,
+        // pre-validated, identity-mapped), were written by entry.s and are only
+        // read here; the index is inside the table (checked); 8-byte aligned.
+        unsafe { core::ptr::read_volatile((base as *const u64).add(index)) }
+    }
+
+    /// SEV-SNP setup before anything else: GHCB, C-bit check against the CPUID
+    /// page. Returns the parsed CPUID page.
+    fn snp_early(c_bit: u64) -> CpuidPage {
+        sev::enter_snp();
+        let hv_c_bit = sev::setup_ghcb();
         Serial::init();
+        let _ = writeln!(
+            Serial,
+            "vellum-boot: SEV-SNP guest; GHCB registered at {:#x}",
+            sev::GHCB_GPA
+        );
+        // A private copy of the PSP-filtered CPUID page, parsed once.
+        let mut copy = [0u8; layout::PAGE_SIZE as usize];
+        // SAFETY: the CPUID page is an ASEV range (private, launch-validated,
+        // identity-mapped with the C-bit); it is read once into `copy`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                layout::SNP_CPUID_PAGE as *const u8,
+                copy.as_mut_ptr(),
+                copy.len(),
+            )
+        };
+        let page = CpuidPage::parse(&copy).unwrap_or_else(|e| {
+            fail_with(TerminateReason::CPUID, format_args!("CPUID page: {e:?}"))
+        });
+        if !page.snp_supported() {
+            fail_with(
+                TerminateReason::CPUID,
+                format_args!("CPUID page: 0x8000_001F does not report SNP"),
+            );
+        }
+        let trusted = page.c_bit();
+        if trusted.map(u64::from) != Some(c_bit) || u64::from(hv_c_bit) != c_bit {
+            fail_with(
+                TerminateReason::C_BIT_MISMATCH,
+                format_args!(
+                    "C-bit: CPUID page {trusted:?}, CPUID #VC {c_bit}, SEV info {hv_c_bit}"
+                ),
+            );
+        }
+        page
+    }
+
+    /// SEV-SNP: validate the RAM the plan lists (PSC private, PVALIDATE 2M/4K,
+    /// touch), then make the rest of the pool shared.
+    fn snp_validate(map: &E820, image_size: u64, page: &CpuidPage) {
+        if let Some((s, e)) = paging::ram_in_mmio_window(map) {
+            fail_with(
+                TerminateReason::VALIDATION_PLAN,
+                format_args!("e820 RAM {s:#x}..{e:#x} inside the shared MMIO window"),
+            );
+        }
+        let plan = ValidationPlan::new(map, image_size).unwrap_or_else(|e| {
+            fail_with(
+                TerminateReason::VALIDATION_PLAN,
+                format_args!("validation plan: {e:?}"),
+            )
+        });
+        let mut set = ValidatedSet::with_launch_ranges(image_size).unwrap_or_else(|e| {
+            fail_with(
+                TerminateReason::VALIDATION_PLAN,
+                format_args!("validated set: {e:?}"),
+            )
+        });
+        let ebx = page.lookup(0x8000_001F, 0, 1, 0).map_or(0, |r| r[1]);
+        let touch = Touch::from_cpuid_8000_001f_ebx(ebx);
+        match validate::validate_plan(&plan, &mut sev::BootValidator, &mut set, touch) {
+            Ok(st) => {
+                let _ = writeln!(
+                    Serial,
+                    "vellum-boot: validated {} KiB ({} x 2M, {} x 4K, {} fallbacks, touch {:?})",
+                    plan.bytes() >> 10,
+                    st.pages_2m,
+                    st.pages_4k,
+                    st.fallbacks,
+                    touch
+                );
+            }
+            Err(e) => {
+                let reason = match e {
+                    ValidateError::Psc(_) => TerminateReason::PSC,
+                    ValidateError::Set(_) => TerminateReason::VALIDATION_PLAN,
+                    _ => TerminateReason::PVALIDATE,
+                };
+                fail_with(reason, format_args!("memory validation: {e:?}"));
+            }
+        }
+        if let Err(e) = sev::share_pool_rest() {
+            fail_with(TerminateReason::PSC, format_args!("pool to shared: {e:?}"));
+        }
+    }
+
+    /// Called by `entry.s` on the boot stack, in 64-bit mode, with SSE/AVX on,
+    /// with what the 32-bit code detected: SEV_STATUS (0 without SEV) and the
+    /// C-bit position (0 without SNP; already range-checked and compared with
+    /// the CPUID page by entry.s).
+    #[unsafe(no_mangle)]
+    extern "C" fn boot_main(tsc_at_reset: u64, sev_status: u64, c_bit: u64) -> ! {
+        let snp = sev_status & sev::SEV_STATUS_SNP != 0;
+        let cpuid_page = if snp {
+            Some(snp_early(c_bit))
+        } else {
+            Serial::init();
+            None
+        };
         let _ = writeln!(Serial, "vellum-boot: 64-bit mode");
+
+        // The live page tables must be exactly what paging.rs describes.
+        let c = snp.then_some(c_bit as u8);
+        if let Some((t, i, got, want)) = paging::first_mismatch(c, table_entry) {
+            fail_with(
+                TerminateReason::GENERAL,
+                format_args!("page table {t:?}[{i}] = {got:#x}, expected {want:#x}"),
+            );
+        }
 
         // The kernel payload, through our entry in the GUIDed table.
         let window = firmware_bytes(
@@ -232,6 +417,9 @@ mod firmware {
         let firmware = (FIRMWARE_TOP - image_size, FIRMWARE_TOP);
         let map =
             E820::parse(&raw[..n], firmware).unwrap_or_else(|e| fail(format_args!("e820: {e:?}")));
+        if let Some(page) = &cpuid_page {
+            snp_validate(&map, image_size, page);
+        }
 
         let Some((stack_start, stack_end)) = header.stack_range() else {
             fail(format_args!("kernel stack does not fit"));
@@ -241,13 +429,22 @@ mod firmware {
             (layout::POOL_BASE, layout::POOL_END),
             (layout::KERNEL_BASE, stack_end),
         ];
-        let regions = Regions::build(&map, &reserved, layout::IDENTITY_MAPPED_END)
-            .unwrap_or_else(|e| fail(format_args!("memory map: {e:?}")));
+        let regions = Regions::build(&map, &reserved, layout::IDENTITY_MAPPED_END).unwrap_or_else(
+            |e| match e {
+                RegionError::ReservedNotRam { start, end } => fail(format_args!(
+                    "memory map: no RAM for {start:#x}..{end:#x} (boot data, shared pool or \
+                     kernel and stack): give the guest more memory (QEMU -m)"
+                )),
+                e => fail(format_args!("memory map: {e:?}")),
+            },
+        );
 
         // The shared pool starts zeroed (under SEV-SNP a page-state change has
-        // already destroyed its old contents; zero it in any case).
+        // already destroyed its old contents; zero it in any case). This also
+        // zeroes the GHCB page between two calls, which is harmless.
         // SAFETY: the pool range is RAM (the region list just checked it) that
-        // only boot touches until the hand-off.
+        // only boot touches until the hand-off; under SNP it is shared and
+        // mapped without the C-bit.
         unsafe {
             core::ptr::write_bytes(layout::POOL_BASE as *mut u8, 0, layout::POOL_SIZE as usize)
         };
@@ -291,8 +488,9 @@ mod firmware {
             magic: abi::HANDOFF_MAGIC,
             tsc_at_reset,
             tsc_at_kernel: io::rdtsc(),
-            sev_status: 0,
-            c_bit: 0,
+            sev_status,
+            c_bit: if snp { c_bit } else { 0 },
+            ghcb: if snp { sev::GHCB_GPA } else { 0 },
             image_size,
             kernel_stack: [stack_start, stack_end],
             ram_bytes: map.ram_bytes(),

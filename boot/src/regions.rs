@@ -60,7 +60,8 @@ impl Regions {
     /// Removes `[start, end)` from the usable regions and records it with `kind`.
     /// Every byte of the range must be usable RAM.
     fn carve(&mut self, start: u64, end: u64, kind: MemoryRegionKind) -> Result<(), RegionError> {
-        let covered: u64 = self.as_slice()
+        let covered: u64 = self
+            .as_slice()
             .iter()
             .filter(|r| r.kind == MemoryRegionKind::Usable)
             .map(|r| r.end.min(end).saturating_sub(r.start.max(start)))
@@ -74,7 +75,11 @@ impl Regions {
             if r.kind == MemoryRegionKind::Usable && r.start < end && start < r.end {
                 // Replace r by up to three pieces: before, reserved part, after.
                 self.list[i] = region(r.start.max(start), r.end.min(end), kind);
-                self.push(region(r.start, start.max(r.start), MemoryRegionKind::Usable))?;
+                self.push(region(
+                    r.start,
+                    start.max(r.start),
+                    MemoryRegionKind::Usable,
+                ))?;
                 self.push(region(end.min(r.end), r.end, MemoryRegionKind::Usable))?;
             }
             i += 1;
@@ -96,7 +101,11 @@ impl Regions {
         };
         for e in map.entries() {
             if e.kind != TYPE_RAM {
-                out.push(region(e.start, e.end, MemoryRegionKind::UnknownBios(e.kind)))?;
+                out.push(region(
+                    e.start,
+                    e.end,
+                    MemoryRegionKind::UnknownBios(e.kind),
+                ))?;
                 continue;
             }
             let start = layout::align_up(e.start.max(layout::PAGE_SIZE), layout::PAGE_SIZE);
@@ -179,24 +188,33 @@ mod tests {
     #[test]
     fn q35_16mib() {
         let m = map(&[(0, 16 << 20, 1), (0xFEFF_C000, 0x4000, 2)]);
-        let res = [(layout::SNP_SECRETS_PAGE, layout::HANDOFF_END), (0x20_0000, 0x40_0000)];
+        let res = [
+            (layout::SNP_SECRETS_PAGE, layout::HANDOFF_END),
+            (0x20_0000, 0x40_0000),
+        ];
         let r = Regions::build(&m, &res, layout::IDENTITY_MAPPED_END).unwrap();
         check_invariants(&r);
         let s = r.as_slice();
         assert_eq!(s[0], region(0x1000, 0x9_0000, MemoryRegionKind::Bootloader));
         assert_eq!(s[1], region(0x9_0000, 0xA_0000, MemoryRegionKind::Usable));
         assert_eq!(s[2], region(0x10_0000, 0x20_0000, MemoryRegionKind::Usable));
-        assert_eq!(s[3], region(0x20_0000, 0x40_0000, MemoryRegionKind::Bootloader));
+        assert_eq!(
+            s[3],
+            region(0x20_0000, 0x40_0000, MemoryRegionKind::Bootloader)
+        );
         assert_eq!(s[4], region(0x40_0000, 16 << 20, MemoryRegionKind::Usable));
         assert_eq!(s[5].kind, MemoryRegionKind::UnknownBios(2));
-        assert_eq!(r.usable_bytes(), 0x1_0000 + 0x10_0000 + (16 << 20) - 0x40_0000);
+        assert_eq!(
+            r.usable_bytes(),
+            0x1_0000 + 0x10_0000 + (16 << 20) - 0x40_0000
+        );
     }
 
     #[test]
     fn overlapping_and_unaligned_ram_is_never_handed_out_twice() {
         let m = map(&[
             (0, 0x30_0000, 1),
-            (0x20_0800, 0x30_0000, 1), // overlaps and is unaligned
+            (0x20_0800, 0x30_0000, 1),       // overlaps and is unaligned
             (0x1_0000_0000, 0x1000_0000, 1), // above 4 GiB: dropped by the limit
         ]);
         let r = Regions::build(&m, &[], layout::IDENTITY_MAPPED_END).unwrap();

@@ -21,6 +21,7 @@ pub mod provider;
 pub mod rng;
 pub mod service;
 pub mod session;
+pub mod snp;
 
 pub use identity::{CertParams, Identity, IdentityError, report_data};
 pub use provider::{KernelClock, provider};

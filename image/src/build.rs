@@ -67,9 +67,16 @@ pub fn cargo_command(root: &Path, profile: &str, features: &[String]) -> Command
     cmd
 }
 
-/// Builds everything and writes `target/vellum.bin`. Returns the laid-out image.
-pub fn build(root: &Path, profile: &str, out: &Path) -> Result<firmware::Image, String> {
-    let status = cargo_command(root, profile, &[])
+/// Builds everything with the given cargo `features` (e.g.
+/// `vellum-kernel/unconstrained-io`, measurement only; normally none) and
+/// writes the image to `out`. Returns the laid-out image.
+pub fn build(
+    root: &Path,
+    profile: &str,
+    features: &[String],
+    out: &Path,
+) -> Result<firmware::Image, String> {
+    let status = cargo_command(root, profile, features)
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {

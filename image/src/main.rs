@@ -2,16 +2,18 @@
 #![forbid(unsafe_code)]
 
 use std::{path::PathBuf, process::ExitCode};
-use vellum_image::{build, firmware, snp};
+use vellum_image::{build, firmware, snp, verify};
 
 const USAGE: &str = "\
 image - build and inspect the Vellum firmware image
 
 USAGE:
-    image build [--profile NAME] [--out PATH]
+    image build [--profile NAME] [--out PATH] [--features LIST]
         Compile vellum-boot and vellum-kernel for the bare-metal target
         (x86_64-vellum.json, -Z build-std) and lay out the image
-        (default target/vellum.bin, release profile).
+        (default target/vellum.bin, release profile). --features passes
+        cargo features (measurement builds only, e.g.
+        vellum-kernel/unconstrained-io: see bench/trusted-io.sh).
     image layout --boot ELF --kernel ELF --out PATH
         Lay out an image from two already linked ELF files.
     image measure [OPTIONS]
@@ -20,6 +22,11 @@ USAGE:
     image id-block --id-key PEM [OPTIONS]
         The SNP ID block and ID authentication structure for sev-snp-guest
         (see `image id-block --help`).
+    image verify --url https://HOST:PORT (--measurement HEX | --image PATH) [OPTIONS]
+        Attest a running guest: check the SEV-SNP report its /attestation
+        endpoint returns against the TLS certificate, a fresh nonce, the
+        expected launch digest and, with --certs DIR, AMD's ARK/ASK/VCEK
+        (see `image verify --help`). Exits non-zero if a check fails.
     image info [PATH]
         Check an image the way QEMU and the boot stage read it and print its
         layout (default target/vellum.bin).
@@ -43,10 +50,17 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
     let root = build::workspace_root();
     let mut profile = "release".to_string();
     let mut out = root.join(build::IMAGE_PATH);
+    let mut features = Vec::new();
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--profile" => profile = value(args, &mut i, "--profile")?,
+            "--features" => features.extend(
+                value(args, &mut i, "--features")?
+                    .split(',')
+                    .filter(|f| !f.is_empty())
+                    .map(String::from),
+            ),
             "--out" => out = PathBuf::from(value(args, &mut i, "--out")?),
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -56,7 +70,7 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
         }
         i += 1;
     }
-    let img = build::build(&root, &profile, &out)?;
+    let img = build::build(&root, &profile, &features, &out)?;
     report(&out, &img);
     write_digest(&out, &img)
 }
@@ -149,6 +163,7 @@ fn main() -> ExitCode {
         "info" => cmd_info(rest),
         "measure" => snp::cli_measure(rest),
         "id-block" => snp::cli_id_block(rest),
+        "verify" => verify::cli_verify(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -14,6 +14,8 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]
+mod attest;
+#[cfg(target_os = "none")]
 mod clock;
 #[cfg(target_os = "none")]
 mod heap;
@@ -26,6 +28,10 @@ mod pool;
 #[cfg(target_os = "none")]
 #[macro_use]
 mod serial;
+#[cfg(target_os = "none")]
+mod sev;
+#[cfg(target_os = "none")]
+mod tls;
 
 #[cfg(target_os = "none")]
 mod kmain {
@@ -61,6 +67,7 @@ mod kmain {
 
     fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         let handoff = read_handoff();
+        crate::sev::init(&handoff);
         serial::init(log::LevelFilter::Info);
         let clk = clock::init(handoff.tsc_at_reset);
         println!(
@@ -118,7 +125,7 @@ mod kmain {
         // checked no usable region overlaps it), made it shared under SEV-SNP,
         // and nothing else in the kernel uses it; this is the only Pool.
         let pool = unsafe { crate::pool::Pool::new(pool) };
-        match crate::net::run(pool) {
+        match crate::net::run(pool, handoff.sev_status & 4 != 0) {
             Ok(()) => unreachable!("the network loop does not return"),
             Err(e) => {
                 log::warn!("network: {e}; serving nothing");
@@ -151,7 +158,9 @@ mod kmain {
 
     #[panic_handler]
     fn panic(info: &PanicInfo<'_>) -> ! {
+        crate::sev::wipe_secrets();
         serial::print_unlocked(format_args!("\nvellum: PANIC: {info}\n"));
+        crate::sev::terminate_if_snp(vellum_boot::snp::msr_protocol::TerminateReason::GENERAL);
         // isa-debug-exit, when QEMU has it: status 0x11 makes QEMU exit with 35.
         arch::port::ports().outb(0xF4, 0x11);
         arch::cpu::halt_forever()

@@ -66,7 +66,7 @@ fn now() -> Instant {
 }
 
 /// Brings up the NIC and serves forever. Returns only if there is no NIC.
-pub fn run(pool: Pool) -> Result<(), &'static str> {
+pub fn run(pool: Pool, snp: bool) -> Result<(), &'static str> {
     let Some(f) = pci::find(VIRTIO_VENDOR, VIRTIO_NET_LEGACY) else {
         return Err("no virtio-net (legacy/transitional) PCI device");
     };
@@ -100,21 +100,28 @@ pub fn run(pool: Pool) -> Result<(), &'static str> {
     };
     let l = nic.layout();
     log::info!(
-        "virtio-net: mac {}, {} RX + {} TX buffers in pool {:#x}..{:#x}, tx csum offload {}",
+        "virtio-net: mac {}, {} RX + {} TX buffers in pool {:#x}..{:#x}, csum offload tx {} rx {}",
         EthernetAddress(nic.mac()),
         l.rx_buf_count,
         l.tx_buf_count,
         POOL_RESERVED,
         l.end,
-        nic.tx_checksum_offload()
+        nic.tx_checksum_offload(),
+        nic.rx_checksum_offload()
     );
-    let mut cfg = services::Config::default();
-    cfg.random_seed = seed();
+    if virtio::UNCONSTRAINED_IO {
+        warn_unconstrained();
+    }
+    let cfg = services::Config {
+        random_seed: seed(),
+        ..services::Config::default()
+    };
     let mac = EthernetAddress(nic.mac());
     let mut svc = match Services::new(cfg, &mut nic, mac, now()) {
         Ok(s) => s,
         Err(e) => panic!("network services: {e:?}"),
     };
+    svc.set_cycle_clock(cpu::rdtsc);
     svc.set_metrics_extra(Box::new(|w: &mut vellum_net::http::MetricsWriter<'_>| {
         let (used, free) = heap::stats();
         w.gauge("heap_used_bytes", "Kernel heap in use.", used as u64);
@@ -129,12 +136,47 @@ pub fn run(pool: Pool) -> Result<(), &'static str> {
             "Seconds since reset.",
             clock::micros() / 1_000_000,
         );
+        let p = &services::POLL_CYCLES;
+        w.counter("polls", "Service polls measured.", p.polls.get());
+        for (name, help, c) in [
+            (
+                "poll_ingress_cycles",
+                "TSC cycles receiving (driver copy-out, smoltcp ingress).",
+                &p.ingress,
+            ),
+            (
+                "poll_serve_cycles",
+                "TSC cycles serving connections.",
+                &p.serve,
+            ),
+            (
+                "poll_egress_cycles",
+                "TSC cycles transmitting (smoltcp egress, frames built in the pool).",
+                &p.egress,
+            ),
+        ] {
+            w.counter(name, help, c.get());
+        }
     }));
+    // TLS (HTTPS :443, TLS echo :7443) and the attestation endpoint.
+    let tls = crate::tls::start(&mut svc, snp);
+    if let Err(e) = tls {
+        log::error!("tls: {e}; HTTPS and TLS echo are off");
+    }
     let addr = svc.address();
     log::info!(
-        "services: http :80, echo :7 (buffers {} KiB)",
+        "services: http :80, echo :7{} (buffers {} KiB)",
+        if tls.is_ok() {
+            ", https :443, tls echo :7443"
+        } else {
+            ""
+        },
         svc.config().buffer_bytes() >> 10
     );
+    // Tell the link we are here (a peer that asked for us while we booted
+    // learns our MAC now, not at its next ARP retry) and resolve the gateway.
+    svc.announce(&mut nic, now());
+    nic.flush();
     log::info!("boot to ready: {} us since reset", clock::micros());
     match addr {
         Some(a) => crate::println!("vellum ready at {a}"),
@@ -146,6 +188,16 @@ pub fn run(pool: Pool) -> Result<(), &'static str> {
         if !r.activity {
             core::hint::spin_loop();
         }
+    }
+}
+
+/// The `unconstrained-io` measurement build says what it is, loudly, on the
+/// console (it is never a default; `bench/trusted-io.sh` builds it).
+fn warn_unconstrained() {
+    for _ in 0..3 {
+        crate::println!(
+            "!!! vellum: UNCONSTRAINED I/O BUILD - FOR MEASUREMENT ONLY, NOT SECURE: RX frames are parsed inside host-shared memory and device-written ring fields are trusted without validation !!!"
+        );
     }
 }
 

@@ -129,4 +129,24 @@ impl SharedMem for Pool {
     fn fence(&self) {
         fence(Ordering::SeqCst);
     }
+
+    #[cfg(feature = "unconstrained-io")]
+    fn lend<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        let p = self.ptr(offset, len);
+        // SAFETY (memory safety only; this is the measurement build that gives
+        // up the constraint): in range (checked); plain bytes, any value is
+        // valid; the slice lives only for the closure call. The host may change
+        // the bytes meanwhile, which is exactly what the constrained build's
+        // copy-out prevents.
+        let buf = unsafe { core::slice::from_raw_parts(p, len) };
+        f(buf)
+    }
+
+    #[cfg(feature = "unconstrained-io")]
+    fn alias(&self) -> Self {
+        Pool {
+            base: self.base,
+            size: self.size,
+        }
+    }
 }

@@ -45,6 +45,21 @@ pub trait SharedMem {
 
     /// A full memory barrier between pool accesses and the device.
     fn fence(&self);
+
+    /// **`unconstrained-io` measurement builds only**: lends `f` the `len`
+    /// bytes at `offset` to read in place, so that the stack parses a
+    /// received frame inside the pool (what the constraints forbid: the host
+    /// can change the bytes while they are parsed).
+    #[cfg(feature = "unconstrained-io")]
+    fn lend<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R;
+
+    /// **`unconstrained-io` measurement builds only**: a second handle to the
+    /// same pool (the in-place RX token reads the pool while the reply's TX
+    /// token writes it).
+    #[cfg(feature = "unconstrained-io")]
+    fn alias(&self) -> Self
+    where
+        Self: Sized;
 }
 
 /// Access to one I/O BAR (the legacy virtio-pci register block).

@@ -86,12 +86,16 @@ fn print_out(text: &str) -> Result<(), String> {
 }
 
 /// Parsed words: `--name value` or `--name=value` pairs, and flags.
-struct Args {
-    pairs: Vec<(String, String)>,
-    help: bool,
+pub(crate) struct Args {
+    pub(crate) pairs: Vec<(String, String)>,
+    pub(crate) help: bool,
 }
 
-fn parse_words(args: &[String], takes_value: &[&str], cmd: &str) -> Result<Args, String> {
+pub(crate) fn parse_words(
+    args: &[String],
+    takes_value: &[&str],
+    cmd: &str,
+) -> Result<Args, String> {
     let mut pairs = Vec::new();
     let mut help = false;
     let mut it = args.iter();
@@ -125,7 +129,7 @@ fn parse_words(args: &[String], takes_value: &[&str], cmd: &str) -> Result<Args,
 }
 
 impl Args {
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
             .find(|(n, _)| n == name)
@@ -185,13 +189,13 @@ fn json_str(s: &str) -> String {
 }
 
 /// Launch options as given on the command line.
-struct LaunchArgs {
-    image: PathBuf,
-    vcpu_type: Option<&'static str>,
-    opts: LaunchOptions,
+pub(crate) struct LaunchArgs {
+    pub(crate) image: PathBuf,
+    pub(crate) vcpu_type: Option<&'static str>,
+    pub(crate) opts: LaunchOptions,
 }
 
-const LAUNCH_OPTIONS: &[&str] = &[
+pub(crate) const LAUNCH_OPTIONS: &[&str] = &[
     "--image",
     "--vcpus",
     "--vcpu-type",
@@ -199,7 +203,7 @@ const LAUNCH_OPTIONS: &[&str] = &[
     "--guest-features",
 ];
 
-fn launch_args(a: &Args) -> Result<LaunchArgs, String> {
+pub(crate) fn launch_args(a: &Args) -> Result<LaunchArgs, String> {
     let image = PathBuf::from(a.get("--image").unwrap_or(DEFAULT_IMAGE));
     let vcpus = match a.get("--vcpus") {
         Some(v) => parse_u32("--vcpus", v)?,
@@ -245,7 +249,7 @@ fn read_image(path: &Path) -> Result<Vec<u8>, String> {
     })
 }
 
-fn measure_image(la: &LaunchArgs) -> Result<Measurement, String> {
+pub(crate) fn measure_image(la: &LaunchArgs) -> Result<Measurement, String> {
     let image = read_image(&la.image)?;
     measure(&image, &la.opts).map_err(|e| format!("{}: {e}", la.image.display()))
 }
@@ -315,7 +319,7 @@ pub fn measure_command(args: &[String]) -> Result<String, String> {
     })
 }
 
-fn parse_measurement(s: &str) -> Result<[u8; DIGEST_LEN], String> {
+pub(crate) fn parse_measurement(s: &str) -> Result<[u8; DIGEST_LEN], String> {
     let t = s.trim();
     let bytes = if t.len() == DIGEST_LEN * 2 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
         parse_hex("--measurement", t, DIGEST_LEN)?

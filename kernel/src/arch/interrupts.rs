@@ -1,8 +1,13 @@
 //! GDT, TSS and IDT. Every exception handler runs on an IST stack, shared by
 //! kind: #DF alone, NMI and #MC together, #VC alone (SEV-ES/SNP), everything
 //! else on a fourth. No device interrupts are used: the data path polls.
+//!
+//! #VC has its own entry stub ([`vellum_vc_entry`], below): the CPUID it
+//! emulates must write RAX..RDX of the interrupted code, which the
+//! `x86-interrupt` ABI cannot do.
 
-use core::ptr::addr_of;
+use crate::sev::vc::{self, VcFrame};
+use core::{arch::global_asm, ptr::addr_of};
 use spin::Once;
 use x86_64::{
     VirtAddr,
@@ -126,7 +131,6 @@ handler!(stack_segment, "#SS stack segment", code);
 handler!(general_protection, "#GP general protection", code);
 handler!(alignment_check, "#AC alignment check", code);
 handler!(cp_protection, "#CP control protection", code);
-handler!(vmm_communication, "#VC VMM communication", code);
 handler!(security, "#SX security", code);
 
 extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
@@ -151,8 +155,9 @@ extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFault
 
 fn build_idt() -> InterruptDescriptorTable {
     let mut idt = InterruptDescriptorTable::new();
-    // SAFETY (every set_stack_index below): the index names an IST slot that
-    // `init` filled with a dedicated, 'static, 16-byte aligned stack.
+    // SAFETY: every set_stack_index below names an IST slot that `init`
+    // filled with a dedicated, 'static, 16-byte aligned stack; the one
+    // set_handler_addr (#VC) is explained where it is called.
     unsafe {
         idt.divide_error
             .set_handler_fn(divide_error)
@@ -215,12 +220,99 @@ fn build_idt() -> InterruptDescriptorTable {
         idt.hv_injection_exception
             .set_handler_fn(hv_injection)
             .set_stack_index(IST_OTHER);
+        // `set_handler_addr`: `vellum_vc_entry` is an interrupt entry
+        // for a vector with an error code: it preserves every register and the
+        // extended state, and returns with IRETQ after dropping the error code.
         idt.vmm_communication_exception
-            .set_handler_fn(vmm_communication)
+            .set_handler_addr(VirtAddr::new(vellum_vc_entry as *const () as u64))
             .set_stack_index(IST_VC);
         idt.security_exception
             .set_handler_fn(security)
             .set_stack_index(IST_OTHER);
     }
     idt
+}
+
+// The #VC entry, on the IST_VC stack. The CPU pushed SS, RSP, RFLAGS, CS, RIP
+// and the error code (RSP 16-byte aligned, IST stacks are). The stub saves the
+// 15 GPRs (so the frame is a `VcFrame`), clears DF, saves the extended state
+// (x87/SSE/AVX: the Rust handler is compiled with AVX and would clobber the
+// interrupted code's vector registers) with XSAVE64 into a 64-byte aligned
+// 4 KiB area below (XCR0 = x87|SSE|AVX needs 832 bytes; AVX-512 would need
+// 2696), calls `vc_entry_rust(&mut VcFrame)`, restores, drops the error code
+// and returns with IRETQ. XSAVE does not write the header's reserved bytes,
+// which XRSTOR checks, so the header is zeroed first.
+global_asm!(
+    ".global vellum_vc_entry",
+    "vellum_vc_entry:",
+    "push rax",
+    "push rbx",
+    "push rcx",
+    "push rdx",
+    "push rsi",
+    "push rdi",
+    "push rbp",
+    "push r8",
+    "push r9",
+    "push r10",
+    "push r11",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "cld",
+    "mov rbx, rsp",
+    "sub rsp, 4096",
+    "and rsp, -64",
+    "xor eax, eax",
+    "mov [rsp + 512], rax",
+    "mov [rsp + 520], rax",
+    "mov [rsp + 528], rax",
+    "mov [rsp + 536], rax",
+    "mov [rsp + 544], rax",
+    "mov [rsp + 552], rax",
+    "mov [rsp + 560], rax",
+    "mov [rsp + 568], rax",
+    "mov eax, -1",
+    "mov edx, -1",
+    "xsave64 [rsp]",
+    "mov rdi, rbx",
+    "call {handler}",
+    "mov eax, -1",
+    "mov edx, -1",
+    "xrstor64 [rsp]",
+    "mov rsp, rbx",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop r11",
+    "pop r10",
+    "pop r9",
+    "pop r8",
+    "pop rbp",
+    "pop rdi",
+    "pop rsi",
+    "pop rdx",
+    "pop rcx",
+    "pop rbx",
+    "pop rax",
+    "add rsp, 8",
+    "iretq",
+    handler = sym vc_entry_rust,
+);
+
+unsafe extern "C" {
+    /// The #VC entry stub above (never called from Rust; its address goes into
+    /// the IDT).
+    fn vellum_vc_entry();
+}
+
+/// Called by the stub with a pointer to the saved frame.
+extern "C" fn vc_entry_rust(frame: *mut VcFrame) {
+    // SAFETY: the stub passes the address of the frame it just built on the
+    // IST_VC stack (`VcFrame` layout, aligned, exclusively ours until we
+    // return); no other reference to it exists.
+    let frame = unsafe { &mut *frame };
+    vc::handle(frame);
 }

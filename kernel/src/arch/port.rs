@@ -4,6 +4,7 @@
 //! becomes GHCB IOIO exits.
 
 use core::arch::asm;
+use spin::Once;
 
 /// Port-mapped I/O.
 pub trait PortIo {
@@ -80,7 +81,19 @@ impl PortIo for DirectPorts {
     }
 }
 
-/// The kernel's port I/O.
+static PORTS: Once<&'static (dyn PortIo + Sync)> = Once::new();
+
+/// Replaces the IN/OUT instructions with `p` for the rest of the kernel's life
+/// (the GHCB implementation under SEV-SNP, set by `sev::init` before any port
+/// I/O). Only the first call counts.
+pub fn set_ports(p: &'static (dyn PortIo + Sync)) {
+    PORTS.call_once(|| p);
+}
+
+/// The kernel's port I/O: the GHCB under SEV-SNP, else the instructions.
 pub fn ports() -> &'static dyn PortIo {
-    &DirectPorts
+    match PORTS.get() {
+        Some(p) => *p,
+        None => &DirectPorts,
+    }
 }

@@ -76,11 +76,12 @@ use smoltcp::phy::{Device, Medium};
 use smoltcp::socket::{dhcpv4, tcp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, IpCidr, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
 };
 
 use crate::http::{Handler, HttpConfig, HttpSession, MetricsExtra, Router, StackGauges};
-use crate::metrics::METRICS;
+use crate::metrics::{Counter, METRICS};
 
 pub use session::{DriveOutcome, EchoSession, Session, drive_tcp};
 
@@ -231,6 +232,29 @@ pub struct PollResult {
     pub next_poll: Option<Duration>,
 }
 
+/// Time spent in each phase of [`Services::poll`], in the units of the clock
+/// given to [`Services::set_cycle_clock`] (the kernel gives it the TSC), for
+/// finding where the data path spends its time. All zero without a clock.
+#[derive(Debug)]
+pub struct PollCycles {
+    /// Polls measured.
+    pub polls: Counter,
+    /// Receiving: the driver's harvest and copy-out and smoltcp's ingress.
+    pub ingress: Counter,
+    /// Serving the connections (HTTP, echo, added services) and DHCP.
+    pub serve: Counter,
+    /// Transmitting: smoltcp's egress passes, building frames in the pool.
+    pub egress: Counter,
+}
+
+/// The global [`PollCycles`].
+pub static POLL_CYCLES: PollCycles = PollCycles {
+    polls: Counter::new(),
+    ingress: Counter::new(),
+    serve: Counter::new(),
+    egress: Counter::new(),
+};
+
 /// One socket of a pool and the connection on it.
 #[derive(Debug)]
 enum Slot<C> {
@@ -268,6 +292,11 @@ pub struct Services {
     extra: Vec<ExtraService>,
     router: Router,
     scratch: Vec<u8>,
+    clock: Option<fn() -> u64>,
+    /// The gauges as counted by the last poll's pass over the pools (what
+    /// `/metrics` shows; counting them separately cost a third pass over
+    /// every socket in every poll).
+    counted: StackGauges,
 }
 
 /// A connection engine as a trait object, for services added with
@@ -304,14 +333,24 @@ impl core::fmt::Debug for Services {
     }
 }
 
+/// Sets the interface's address and default route. An unchanged address is
+/// left alone: smoltcp flushes its neighbour cache on every address update,
+/// and the DHCP client confirms the static address right after boot (and at
+/// every renewal), which would otherwise throw away the gateway's MAC and
+/// hold the next reply for an ARP round trip (or for smoltcp's one-second
+/// ARP rate limit, when the flush follows a request of ours).
 fn apply_ipv4(iface: &mut Interface, address: Option<Ipv4Cidr>, gateway: Option<Ipv4Address>) {
-    iface.update_ip_addrs(|addrs| {
-        addrs.clear();
-        if let Some(a) = address {
-            // Capacity is at least one address.
-            let _ = addrs.push(IpCidr::Ipv4(a));
-        }
-    });
+    let want = address.map(IpCidr::Ipv4);
+    let addrs = iface.ip_addrs();
+    if addrs.len() != usize::from(want.is_some()) || addrs.first().copied() != want {
+        iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            if let Some(a) = want {
+                // Capacity is at least one address.
+                let _ = addrs.push(a);
+            }
+        });
+    }
     match gateway {
         Some(gw) => {
             // The table holds at least the one default route.
@@ -433,6 +472,12 @@ impl Services {
             extra: Vec::new(),
             router: Router::new(),
             scratch: vec![0; config.echo_scratch],
+            clock: None,
+            counted: StackGauges::default(),
+        })
+        .map(|mut s| {
+            s.counted = s.gauges();
+            s
         })
     }
 
@@ -476,6 +521,58 @@ impl Services {
         Ok(())
     }
 
+    /// Announces the interface on the link, to be called once the device is
+    /// up (the first frames of a boot): a gratuitous ARP request for our own
+    /// address (sender = target = us, like Linux's `arping -U` at link up),
+    /// so that a peer that already asked for us while we were booting (its
+    /// neighbour entry is INCOMPLETE and holds its first packet) learns our
+    /// MAC now instead of at its next ARP retry, a second later; and an ARP
+    /// request for the gateway, so that our first reply does not wait for
+    /// that round trip. Returns the frames sent (0 without an address or if
+    /// the device has no free TX buffer).
+    pub fn announce<D: Device + ?Sized>(&mut self, device: &mut D, now: Instant) -> usize {
+        let Some(ip) = self.iface.ipv4_addr() else {
+            return 0;
+        };
+        #[allow(irrefutable_let_patterns)] // only Ethernet is compiled in
+        let HardwareAddress::Ethernet(mac) = self.iface.hardware_addr() else {
+            return 0;
+        };
+        let gateway = self.config.static_ipv4.and_then(|s| s.gateway);
+        let mut sent = 0;
+        for target in [Some(ip), gateway].into_iter().flatten() {
+            let arp = ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Request,
+                source_hardware_addr: mac,
+                source_protocol_addr: ip,
+                target_hardware_addr: EthernetAddress([0; 6]),
+                target_protocol_addr: target,
+            };
+            let eth = EthernetRepr {
+                src_addr: mac,
+                dst_addr: EthernetAddress::BROADCAST,
+                ethertype: EthernetProtocol::Arp,
+            };
+            let Some(token) = device.transmit(now) else {
+                break;
+            };
+            let len = eth.buffer_len() + arp.buffer_len();
+            smoltcp::phy::TxToken::consume(token, len, |buf| {
+                let mut frame = EthernetFrame::new_unchecked(buf);
+                eth.emit(&mut frame);
+                arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+            });
+            sent += 1;
+        }
+        sent
+    }
+
+    /// Measures the phases of every [`poll`](Self::poll) with `clock` (a
+    /// cycle counter) into [`POLL_CYCLES`].
+    pub fn set_cycle_clock(&mut self, clock: fn() -> u64) {
+        self.clock = Some(clock);
+    }
+
     /// The current IPv4 address (for "vellum ready at 10.0.2.15").
     pub fn address(&self) -> Option<Ipv4Address> {
         self.iface.ipv4_addr()
@@ -494,6 +591,12 @@ impl Services {
     /// Adds the kernel's own metrics (heap, pool, uptime, ...) to `/metrics`.
     pub fn set_metrics_extra(&mut self, extra: Box<dyn MetricsExtra>) {
         self.router.set_metrics_extra(Some(extra));
+    }
+
+    /// Sets the `/attestation` endpoint served over TLS (see
+    /// [`crate::http::AttestationRoute`]).
+    pub fn set_attestation(&mut self, route: Box<dyn crate::http::AttestationRoute>) {
+        self.router.set_attestation(Some(route));
     }
 
     /// Replaces the page served on `GET /`.
@@ -530,6 +633,8 @@ impl Services {
     pub fn poll<D: Device + ?Sized>(&mut self, device: &mut D, now: Instant) -> PollResult {
         let mut activity = false;
         let mut backlog = true;
+        let clock = self.clock;
+        let t0 = clock.map_or(0, |c| c());
         for _ in 0..self.config.ingress_budget {
             match self
                 .iface
@@ -542,11 +647,15 @@ impl Services {
                 _ => activity = true,
             }
         }
+        let t1 = clock.map_or(0, |c| c());
         activity |= self.poll_dhcp();
-        self.router.set_gauges(self.gauges());
+        self.router.set_gauges(self.counted);
         let mut deadline = self.serve_http(now, &mut activity);
         deadline = min_deadline(deadline, self.serve_echo(now, &mut activity));
         deadline = min_deadline(deadline, self.serve_extra(now, &mut activity));
+        self.counted.socket_buffer_bytes = self.config.buffer_bytes() as u64;
+        self.counted.dhcp_configured = u64::from(self.source == AddressSource::Dhcp);
+        let t2 = clock.map_or(0, |c| c());
         // smoltcp sends at most one segment per socket per egress pass; repeat
         // while anything goes out, so a full window leaves in one poll.
         let mut passes = 0;
@@ -560,6 +669,14 @@ impl Services {
         }
         // Budget used up with segments still going out: more to send.
         backlog |= passes != 0;
+        if let Some(c) = clock {
+            let t3 = c();
+            let p = &POLL_CYCLES;
+            p.polls.inc();
+            p.ingress.add(t1.wrapping_sub(t0));
+            p.serve.add(t2.wrapping_sub(t1));
+            p.egress.add(t3.wrapping_sub(t2));
+        }
 
         let next_poll = if backlog {
             Some(Duration::ZERO)
@@ -600,7 +717,9 @@ impl Services {
             }
             None => {
                 let s = self.config.static_ipv4;
-                log::info!("net: DHCP lease lost, back to {:?}", s.map(|s| s.address));
+                if self.source == AddressSource::Dhcp {
+                    log::info!("net: DHCP lease lost, back to {:?}", s.map(|s| s.address));
+                }
                 apply_ipv4(
                     &mut self.iface,
                     s.map(|s| s.address),
@@ -630,7 +749,7 @@ impl Services {
             now,
         };
         let http_config = config.http;
-        let (deadline, listening) = serve_sessions(
+        let (deadline, listening, open) = serve_sessions(
             &cx,
             http,
             sockets,
@@ -639,6 +758,11 @@ impl Services {
             || HttpSession::new(http_config, now),
             |s| s,
         );
+        self.counted.http_listeners = listening as u64;
+        self.counted.http_connections = open as u64;
+        let Services {
+            sockets, http, ..
+        } = self;
         if listening == 0 {
             // Pool exhausted: keep one socket free for the next client by
             // dropping the longest-idle keep-alive connection. It sits between
@@ -658,6 +782,7 @@ impl Services {
                 let socket = sockets.get_mut::<tcp::Socket<'_>>(slot.handle);
                 socket.abort(); // listens again once the RST is out
                 slot.slot = Slot::Listening;
+                self.counted.http_connections -= 1;
                 *activity = true;
             }
         }
@@ -681,7 +806,7 @@ impl Services {
                 now,
             };
             let factory = &service.factory;
-            let (d, _) = serve_sessions(
+            let (d, _, _) = serve_sessions(
                 &cx,
                 &mut service.slots,
                 sockets,
@@ -706,13 +831,14 @@ impl Services {
             ..
         } = self;
         let mut deadline = None;
+        let mut open = 0;
+        let cx = Lifecycle {
+            port: config.echo_port,
+            linger: config.close_linger,
+            now,
+        };
         for slot in echo.iter_mut() {
             let socket = sockets.get_mut::<tcp::Socket<'_>>(slot.handle);
-            let cx = Lifecycle {
-                port: config.echo_port,
-                linger: config.close_linger,
-                now,
-            };
             let served = cx.step(&mut slot.slot, socket, activity, &mut deadline, || {
                 EchoConn { last_activity: now }
             });
@@ -732,16 +858,18 @@ impl Services {
                 cx.close(&mut slot.slot, socket, &mut deadline);
                 *activity = true;
             } else {
+                open += 1;
                 deadline = min_deadline(deadline, Some(idle_until));
             }
         }
+        self.counted.echo_connections = open;
         deadline
     }
 }
 
 /// Runs a pool of [`Session`]s: slot life cycle, then [`drive_tcp`] for each
-/// open connection. Returns the earliest timer and the number of sockets
-/// listening.
+/// open connection. Returns the earliest timer, the number of sockets
+/// listening and the number of connections still open.
 fn serve_sessions<C>(
     cx: &Lifecycle,
     slots: &mut [PoolSlot<C>],
@@ -750,9 +878,10 @@ fn serve_sessions<C>(
     activity: &mut bool,
     mut accept: impl FnMut() -> C,
     session: impl Fn(&mut C) -> &mut DynSession,
-) -> (Option<Instant>, usize) {
+) -> (Option<Instant>, usize, usize) {
     let mut deadline = None;
     let mut listening = 0;
+    let mut open = 0;
     for slot in slots.iter_mut() {
         let socket = sockets.get_mut::<tcp::Socket<'_>>(slot.handle);
         let served = cx.step(&mut slot.slot, socket, activity, &mut deadline, &mut accept);
@@ -767,10 +896,11 @@ fn serve_sessions<C>(
             cx.close(&mut slot.slot, socket, &mut deadline);
             *activity = true;
         } else {
+            open += 1;
             deadline = min_deadline(deadline, s.deadline());
         }
     }
-    (deadline, listening)
+    (deadline, listening, open)
 }
 
 /// Moves received bytes back out through `scratch`, as many as the send buffer

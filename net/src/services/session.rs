@@ -140,6 +140,16 @@ impl EchoSession {
             input_done: false,
         }
     }
+
+    /// A session that takes nothing and closes at once (for a connection that
+    /// cannot be served, e.g. a TLS session that failed to start).
+    pub fn closed() -> Self {
+        EchoSession {
+            buf: alloc::vec::Vec::new(),
+            capacity: 0,
+            input_done: true,
+        }
+    }
 }
 
 impl Session for EchoSession {

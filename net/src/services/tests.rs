@@ -623,3 +623,41 @@ fn random_bytes_from_many_clients() {
     let fresh = net.connect(80, 4096);
     assert_eq!(net.get(fresh, "/").status, 200);
 }
+
+#[test]
+fn announce_sends_gratuitous_arp_and_resolves_the_gateway() {
+    use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol};
+    let mut net = Net::new(test_config());
+    let now = net.now;
+    assert_eq!(net.server.announce(&mut net.server_dev, now), 2);
+    let frames: Vec<Vec<u8>> = net.server_dev.wire.borrow_mut().queues[1]
+        .drain(..)
+        .collect();
+    assert_eq!(frames.len(), 2);
+    let mut targets = Vec::new();
+    for f in &frames {
+        let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+        assert_eq!(eth.dst_addr(), EthernetAddress::BROADCAST);
+        assert_eq!(eth.src_addr(), SERVER_MAC);
+        assert_eq!(eth.ethertype(), EthernetProtocol::Arp);
+        match ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap() {
+            ArpRepr::EthernetIpv4 {
+                operation,
+                source_hardware_addr,
+                source_protocol_addr,
+                target_protocol_addr,
+                ..
+            } => {
+                assert_eq!(operation, ArpOperation::Request);
+                assert_eq!(source_hardware_addr, SERVER_MAC);
+                assert_eq!(source_protocol_addr, SERVER_IP);
+                targets.push(target_protocol_addr);
+            }
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(targets, [SERVER_IP, Ipv4Address::new(10, 0, 2, 2)]);
+    // Still serving normally afterwards.
+    let h = net.connect(80, 4096);
+    assert_eq!(net.get(h, "/").status, 200);
+}

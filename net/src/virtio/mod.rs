@@ -34,9 +34,16 @@
 //! 4. every poll loop iteration: `iface.poll(now, &mut dev, &mut sockets)`,
 //!    then [`VirtioNet::flush`] (the one TX notify for the batch, if any).
 
+// The measurement build leaves the validation and copy-out paths unused.
+#![cfg_attr(feature = "unconstrained-io", allow(dead_code))]
+
 pub mod net;
 pub mod phy;
 pub mod queue;
+
+/// `true` in the `unconstrained-io` measurement build (no RX copy-out, no
+/// validation of device fields). The kernel prints a warning at boot.
+pub const UNCONSTRAINED_IO: bool = cfg!(feature = "unconstrained-io");
 
 pub use net::{Config, DriverStats, VirtioNet};
 pub use phy::{VirtioRxToken, VirtioTxToken};
@@ -84,6 +91,9 @@ pub mod status {
 pub mod features {
     /// Device handles packets with partial checksum (TX checksum offload).
     pub const NET_F_CSUM: u32 = 1 << 0;
+    /// Driver handles packets with partial checksum (RX: the device may
+    /// deliver `NEEDS_CSUM` frames, and sets `DATA_VALID` on checked ones).
+    pub const NET_F_GUEST_CSUM: u32 = 1 << 1;
     /// Device has a MAC address in its configuration.
     pub const NET_F_MAC: u32 = 1 << 5;
     /// Configuration `status` field is valid.
@@ -535,6 +545,17 @@ pub(crate) mod fake {
             f(&mut st.bytes[offset..offset + len])
         }
         fn fence(&self) {}
+        #[cfg(feature = "unconstrained-io")]
+        fn lend<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+            // A snapshot: the fake's bytes sit in a RefCell that the reply's
+            // `fill` borrows mutably while the frame is still being parsed.
+            let bytes = self.peek(offset, len);
+            f(&bytes)
+        }
+        #[cfg(feature = "unconstrained-io")]
+        fn alias(&self) -> Self {
+            self.clone()
+        }
     }
 
     /// Device-side state of one queue.

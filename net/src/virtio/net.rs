@@ -29,6 +29,13 @@ pub struct Config {
     /// Negotiate `VIRTIO_NET_F_CSUM` if offered, and leave TCP/UDP TX
     /// checksums to the device.
     pub tx_checksum_offload: bool,
+    /// Negotiate `VIRTIO_NET_F_GUEST_CSUM` if offered: accept received
+    /// frames whose header says `NEEDS_CSUM` (a partial checksum, as a tap
+    /// backend delivers the host's own segments) or `DATA_VALID`, and do not
+    /// verify TCP/UDP checksums on receive (see [`super::phy`] for why that
+    /// costs no security: the host can forge any frame with a valid checksum;
+    /// integrity against it comes from TLS).
+    pub rx_checksum_offload: bool,
 }
 
 impl Default for Config {
@@ -38,6 +45,7 @@ impl Default for Config {
             tx_buffers: 256,
             rx_private_frames: 32,
             tx_checksum_offload: true,
+            rx_checksum_offload: true,
         }
     }
 }
@@ -172,6 +180,9 @@ pub(crate) struct TxPath {
     free: Vec<u16>,
     /// `VIRTIO_NET_F_CSUM` negotiated: fill `NEEDS_CSUM` headers.
     pub(crate) offload: bool,
+    /// `VIRTIO_NET_F_GUEST_CSUM` negotiated: received frames may carry
+    /// `NEEDS_CSUM`, and the stack does not verify TCP/UDP checksums.
+    pub(crate) rx_offload: bool,
     /// Something was posted since the last notify decision.
     dirty: bool,
     /// Where a frame goes when no shared buffer is free (the frame is
@@ -302,6 +313,10 @@ pub struct VirtioNet<M: SharedMem, P: IoPorts> {
     rx: RxPath,
     pub(crate) tx: TxPath,
     pub(crate) frames: RxFrames,
+    /// `unconstrained-io`: completed RX buffers not yet parsed (slot, frame
+    /// length), parsed in place by the stack.
+    #[cfg(feature = "unconstrained-io")]
+    pub(crate) ready: alloc::collections::VecDeque<(u16, u32)>,
 }
 
 impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
@@ -353,7 +368,16 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
                     rx,
                     tx,
                     frames: RxFrames::new(usize::from(config.rx_private_frames)),
+                    #[cfg(feature = "unconstrained-io")]
+                    ready: alloc::collections::VecDeque::with_capacity(usize::from(
+                        config.rx_private_frames,
+                    )),
                 };
+                if super::UNCONSTRAINED_IO {
+                    warn!(
+                        "virtio-net: UNCONSTRAINED I/O (measurement build): RX frames are parsed in the shared pool and device fields are not validated; NOT SECURE"
+                    );
+                }
                 dev.rx.notifies += 1;
                 Ok(dev)
             }
@@ -382,6 +406,9 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         let mut wanted = features::NET_F_MAC | features::F_ANY_LAYOUT | features::NET_F_STATUS;
         if config.tx_checksum_offload {
             wanted |= features::NET_F_CSUM;
+        }
+        if config.rx_checksum_offload {
+            wanted |= features::NET_F_GUEST_CSUM;
         }
         let negotiated = offered & wanted;
         io.write32(regs::GUEST_FEATURES, negotiated);
@@ -488,6 +515,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
             queue: txq,
             bufs: layout.tx_bufs,
             offload: negotiated & features::NET_F_CSUM != 0,
+            rx_offload: negotiated & features::NET_F_GUEST_CSUM != 0,
             dirty: false,
             scratch: vec![0; MAX_FRAME],
             guard: Guard::default(),
@@ -512,6 +540,12 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
     /// Whether TX checksum offload (`VIRTIO_NET_F_CSUM`) was negotiated.
     pub fn tx_checksum_offload(&self) -> bool {
         self.tx.offload
+    }
+
+    /// Whether RX checksum offload (`VIRTIO_NET_F_GUEST_CSUM`) was
+    /// negotiated: TCP/UDP checksums of received frames are not verified.
+    pub fn rx_checksum_offload(&self) -> bool {
+        self.tx.rx_offload
     }
 
     /// Where rings and buffers are in the pool.
@@ -574,6 +608,53 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
     /// buffer whose completion was refused for its length or header is
     /// re-posted without its contents being read.
     pub fn poll_rx(&mut self) -> usize {
+        #[cfg(feature = "unconstrained-io")]
+        return self.poll_rx_in_place();
+        #[cfg(not(feature = "unconstrained-io"))]
+        self.poll_rx_copy()
+    }
+
+    /// `unconstrained-io`: takes completed RX buffers as they are (no header
+    /// or length checks, no copy) into `ready`; the stack parses them in the
+    /// pool. Buffers parsed since the last call are re-posted first.
+    #[cfg(feature = "unconstrained-io")]
+    fn poll_rx_in_place(&mut self) -> usize {
+        let room = self.ready.capacity() - self.ready.len();
+        let ready = &mut self.ready;
+        let mut delivered = 0;
+        self.rx.queue.harvest(&self.mem, room, |u| {
+            if let Used::Done { slot, len } = u {
+                ready.push_back((slot, len.saturating_sub(NET_HDR_LEN as u32)));
+                delivered += 1;
+            }
+        });
+        self.repost_rx();
+        delivered
+    }
+
+    /// `unconstrained-io`: the next frame to parse in place: its pool offset
+    /// and length. Its buffer is re-posted at the next harvest (after the
+    /// stack is done with it).
+    #[cfg(feature = "unconstrained-io")]
+    pub(crate) fn next_in_place(&mut self) -> Option<(usize, usize)> {
+        if self.ready.is_empty() {
+            self.poll_rx_in_place();
+        }
+        let (slot, len) = self.ready.pop_front()?;
+        self.rx.repost.push(slot);
+        let len = len as usize;
+        self.rx.packets += 1;
+        self.rx.bytes += len as u64;
+        METRICS.rx_packets.inc();
+        METRICS.rx_bytes.add(len as u64);
+        Some((
+            self.rx.bufs + usize::from(slot) * BUF_SIZE + NET_HDR_LEN,
+            len,
+        ))
+    }
+
+    #[cfg(not(feature = "unconstrained-io"))]
+    fn poll_rx_copy(&mut self) -> usize {
         let mem = &self.mem;
         let frames = &mut self.frames;
         let rx = &mut self.rx;
@@ -581,6 +662,12 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         let repost = &mut rx.repost;
         let guard = &mut rx.guard;
         let (packets, bytes) = (&mut rx.packets, &mut rx.bytes);
+        // Without GUEST_CSUM a partial checksum is a protocol violation.
+        let bad_flags = if self.tx.rx_offload {
+            0
+        } else {
+            NET_HDR_F_NEEDS_CSUM
+        };
         let mut delivered = 0;
         rx.queue.harvest(mem, frames.free(), |u| match u {
             Used::Done { slot, len } => {
@@ -588,7 +675,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
                 let mut hdr = [0u8; NET_HDR_LEN];
                 mem.read_bytes(off, &mut hdr);
                 let (flags, gso_type) = (hdr[0], hdr[1]);
-                if flags & NET_HDR_F_NEEDS_CSUM != 0 || gso_type != NET_HDR_GSO_NONE {
+                if flags & bad_flags != 0 || gso_type != NET_HDR_GSO_NONE {
                     guard.report(Violation::RxHeader { flags, gso_type });
                 } else {
                     // NET_HDR_LEN ≤ len ≤ BUF_SIZE: validated by the queue.
@@ -612,6 +699,13 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
             }
             Used::Refused(violation) => guard.report(violation),
         });
+        self.repost_rx();
+        delivered
+    }
+
+    /// Re-posts the RX buffers taken back since the last call, and notifies
+    /// the RX queue if the device wants it.
+    fn repost_rx(&mut self) {
         if !self.rx.repost.is_empty() {
             for i in 0..self.rx.repost.len() {
                 let slot = self.rx.repost[i];
@@ -633,7 +727,6 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
                 self.rx.notifies += 1;
             }
         }
-        delivered
     }
 
     /// End of a poll loop iteration: reclaims completed TX buffers and, if
@@ -729,6 +822,7 @@ pub(crate) mod tests {
             tx_buffers: tx,
             rx_private_frames: private,
             tx_checksum_offload: csum,
+            rx_checksum_offload: false,
         }
     }
 
@@ -1170,6 +1264,43 @@ pub(crate) mod tests {
             .inject_rx_with(&[2, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4], &f, None)
             .unwrap();
         assert_eq!(r.drv.recv(|b| b.to_vec()).as_deref(), Some(&f[..]));
+        prove_working(&mut r, 0, 40);
+    }
+
+    #[test]
+    fn guest_csum_accepts_partial_checksums_only_when_negotiated() {
+        let mut c = cfg(8, 8, 4, true);
+        c.rx_checksum_offload = true;
+        let mut r = rig(OFFERED, [16, 16], c, [2, 0, 0, 0, 0, 1]);
+        assert!(r.drv.rx_checksum_offload());
+        assert_ne!(r.drv.features() & features::NET_F_GUEST_CSUM, 0);
+        let f = frame(3, 100);
+        // NEEDS_CSUM (a tap backend's own segments) and DATA_VALID: taken.
+        for flags in [1u8, 2, 3] {
+            r.dev
+                .inject_rx_with(&[flags, 0, 0, 0, 0, 0, 34, 0, 16, 0], &f, None)
+                .unwrap();
+            assert_eq!(r.drv.recv(|b| b.to_vec()).as_deref(), Some(&f[..]));
+        }
+        // GSO is still not negotiated.
+        r.dev
+            .inject_rx_with(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0], &f, None)
+            .unwrap();
+        assert!(r.drv.recv(|_| ()).is_none());
+        assert_eq!(r.drv.stats().ring_violations, 1);
+        // Not offered: not negotiated, and NEEDS_CSUM is refused.
+        let mut r = rig(
+            OFFERED & !features::NET_F_GUEST_CSUM,
+            [16, 16],
+            c,
+            [2, 0, 0, 0, 0, 1],
+        );
+        assert!(!r.drv.rx_checksum_offload());
+        r.dev
+            .inject_rx_with(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0], &f, None)
+            .unwrap();
+        assert!(r.drv.recv(|_| ()).is_none());
+        assert_eq!(r.drv.stats().ring_violations, 1);
         prove_working(&mut r, 0, 40);
     }
 

@@ -53,9 +53,35 @@ impl<M: SharedMem> phy::TxToken for VirtioTxToken<'_, M> {
     }
 }
 
+/// `unconstrained-io` measurement build: a received frame parsed where the
+/// device wrote it, in the shared pool.
+#[cfg(feature = "unconstrained-io")]
+#[derive(Debug)]
+pub struct InPlaceRxToken<M: SharedMem> {
+    mem: M,
+    offset: usize,
+    len: usize,
+}
+
+#[cfg(feature = "unconstrained-io")]
+impl<M: SharedMem> phy::RxToken for InPlaceRxToken<M> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        self.mem.lend(self.offset, self.len, f)
+    }
+}
+
 impl<M: SharedMem, P: IoPorts> phy::Device for VirtioNet<M, P> {
+    #[cfg(not(feature = "unconstrained-io"))]
     type RxToken<'a>
         = VirtioRxToken<'a>
+    where
+        Self: 'a;
+    #[cfg(feature = "unconstrained-io")]
+    type RxToken<'a>
+        = InPlaceRxToken<M>
     where
         Self: 'a;
     type TxToken<'a>
@@ -63,6 +89,23 @@ impl<M: SharedMem, P: IoPorts> phy::Device for VirtioNet<M, P> {
     where
         Self: 'a;
 
+    #[cfg(feature = "unconstrained-io")]
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let (offset, len) = self.next_in_place()?;
+        Some((
+            InPlaceRxToken {
+                mem: self.mem.alias(),
+                offset,
+                len,
+            },
+            VirtioTxToken {
+                tx: &mut self.tx,
+                mem: &mut self.mem,
+            },
+        ))
+    }
+
+    #[cfg(not(feature = "unconstrained-io"))]
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         if self.frames.is_empty() {
             self.poll_rx();
@@ -92,19 +135,32 @@ impl<M: SharedMem, P: IoPorts> phy::Device for VirtioNet<M, P> {
         })
     }
 
-    /// MTU 1514 (Ethernet frame without FCS), medium Ethernet. With
-    /// `VIRTIO_NET_F_CSUM`, TCP and UDP checksums are `Checksum::Rx`: verified
-    /// on receive (the host is not trusted with integrity), left to the device
-    /// on transmit (the driver fills the pseudo-header sum and the
-    /// `NEEDS_CSUM` header). IPv4 header checksums stay with smoltcp.
+    /// MTU 1514 (Ethernet frame without FCS), medium Ethernet. TCP and UDP
+    /// checksums:
+    /// - with `VIRTIO_NET_F_CSUM`, left to the device on transmit (the driver
+    ///   fills the pseudo-header sum and the `NEEDS_CSUM` header);
+    /// - with `VIRTIO_NET_F_GUEST_CSUM`, not verified on receive. That costs
+    ///   no security: a checksum detects accidental corruption, and the only
+    ///   party that can change a frame between the peer and us here is the
+    ///   host, which can forge any frame with a valid checksum anyway (it
+    ///   controls the link); integrity and authenticity against it are TLS's
+    ///   job. The device delivers the host's own segments with a partial
+    ///   checksum (`NEEDS_CSUM`) that could not be verified anyway. Under
+    ///   TCG the verification was a large share of the receive cost.
+    ///
+    /// IPv4 header checksums stay with smoltcp (both ways; 20 bytes).
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MAX_FRAME;
-        if self.tx.offload {
-            caps.checksum.tcp = Checksum::Rx;
-            caps.checksum.udp = Checksum::Rx;
-        }
+        let l4 = match (self.tx.offload, self.tx.rx_offload) {
+            (false, false) => Checksum::Both,
+            (true, false) => Checksum::Rx,
+            (false, true) => Checksum::Tx,
+            (true, true) => Checksum::None,
+        };
+        caps.checksum.tcp = l4;
+        caps.checksum.udp = l4;
         caps
     }
 }
@@ -348,6 +404,21 @@ mod tests {
         let c = r.drv.capabilities();
         assert!(matches!(c.checksum.tcp, Checksum::Both));
         assert!(matches!(c.checksum.udp, Checksum::Both));
+        // GUEST_CSUM: receive checksums are not verified.
+        let mut both = cfg(8, 8, 4, true);
+        both.rx_checksum_offload = true;
+        let c = rig(OFFERED, [16, 16], both, [2, 0, 0, 0, 0, 1])
+            .drv
+            .capabilities();
+        assert!(matches!(c.checksum.tcp, Checksum::None));
+        assert!(matches!(c.checksum.udp, Checksum::None));
+        assert!(matches!(c.checksum.ipv4, Checksum::Both));
+        let mut rx_only = cfg(8, 8, 4, false);
+        rx_only.rx_checksum_offload = true;
+        let c = rig(OFFERED, [16, 16], rx_only, [2, 0, 0, 0, 0, 1])
+            .drv
+            .capabilities();
+        assert!(matches!(c.checksum.tcp, Checksum::Tx));
     }
 
     #[test]

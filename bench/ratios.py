@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Ratios of Vellum (the last run directory) against the Linux baseline runs
+(the others), and the project's targets. Reads the harness's results.tsv."""
+import collections, os, statistics, sys
+
+def load(d):
+    v = collections.defaultdict(list)
+    for line in open(os.path.join(d, "results.tsv")):
+        p = line.rstrip("\n").split("\t")
+        if len(p) != 5:
+            continue
+        try:
+            v[(p[0], p[1], p[3])].append(float(p[4]))
+        except ValueError:
+            pass
+    return {k: statistics.median(x) for k, x in v.items()}
+
+dirs = sys.argv[1:]
+if len(dirs) < 2:
+    sys.exit("usage: ratios.py LINUX_RUN... VELLUM_RUN")
+linux, ours = [load(d) for d in dirs[:-1]], load(dirs[-1])
+print("### Vellum against the Linux baseline (median; Linux: best of its runs)\n")
+print("| figure | net | Linux | Vellum | ratio | target | met |")
+print("|---|---|---:|---:|---:|---:|---|")
+for kind, key, target, higher in (("http", "rps", 3, True), ("https", "rps", 2, True),
+                                  ("echo", "mbps", 2, True), ("tlsecho", "mbps", 2, True)):
+    for net in ("user", "tap"):
+        mine = ours.get((kind, net, key))
+        theirs = [l[(kind, net, key)] for l in linux if (kind, net, key) in l]
+        if mine is None or not theirs:
+            continue
+        best = max(theirs)
+        r = mine / best if best else float("inf")
+        print(f"| {kind} {key} | {net} | {best:.1f} | {mine:.1f} | {r:.2f}x | >= {target}x | {'yes' if r >= target else 'NO'} |")
+boot = ours.get(("boot", "user", "first_200_s"))
+mem = ours.get(("mem", "-", "min_mib"))
+size = ours.get(("size", "-", "total"))
+lboot = [l[("boot", "user", "first_200_s")] for l in linux if ("boot", "user", "first_200_s") in l]
+if boot is not None:
+    print(f"| QEMU start -> first 200, s | user | {min(lboot) if lboot else float('nan'):.2f} | {boot:.3f} | | <= 0.25 s | {'yes' if boot <= 0.25 else 'NO'} |")
+if mem is not None:
+    print(f"| smallest -m that serves, MiB | - | | {mem:.0f} | | <= 16 | {'yes' if mem <= 16 else 'NO'} |")
+if size is not None:
+    print(f"| image size, MiB | - | | {size/2**20:.3f} | | <= 2 | {'yes' if size <= 2**21 else 'NO'} |")

@@ -1,0 +1,171 @@
+//! The kernel's AMD SEV-SNP support (issue 4): the GHCB boot registered, port
+//! I/O through it, the #VC handler's CPUID emulation from the CPUID page,
+//! termination, and wiping key material.
+//!
+//! Boot has already done the one-time work (reference §4): detected SNP, built
+//! page tables with the C-bit on every private mapping (the shared pool and
+//! MMIO without), shared and registered the GHCB at the first page of the
+//! pool, checked the C-bit against the PSP-filtered CPUID page, and validated
+//! all RAM from the e820 plan. The kernel never converts or validates anything
+//! else: the pool `[handoff.pool)` stays the one shared range.
+//!
+//! Pool page use (coordinated with `net::POOL_RESERVED` = 3 pages): page 0 is
+//! the GHCB, pages 1 and 2 are the SNP guest-request and response pages
+//! ([`GUEST_REQUEST_PAGE`], [`GUEST_RESPONSE_PAGE`]); the network driver gets
+//! the rest.
+//!
+//! Every failure under SNP ends in [`terminate`] (fail closed).
+
+mod ghcb;
+pub mod vc;
+
+use crate::arch::port;
+use core::{
+    arch::asm,
+    ptr::write_volatile,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+};
+use spin::Once;
+use vellum_boot::{
+    abi::Handoff,
+    layout::{self, PAGE_SIZE},
+    snp::{
+        cpuid::CpuidPage,
+        msr_protocol::{self, GHCB_MSR, TerminateReason},
+    },
+};
+
+pub use ghcb::{GhcbPorts, guest_request};
+
+/// SEV_STATUS bit 2: SEV-SNP active.
+const SEV_STATUS_SNP: u64 = 1 << 2;
+
+/// Pool offset of the SNP guest-request page (shared; for attestation).
+pub const GUEST_REQUEST_PAGE: u64 = PAGE_SIZE;
+/// Pool offset of the SNP guest-response page (shared; for attestation).
+pub const GUEST_RESPONSE_PAGE: u64 = 2 * PAGE_SIZE;
+
+/// Secrets page (reference §5): VMPCK0 at 0x20, VMPCK1..3 at 0x40, 0x60, 0x80,
+/// 32 bytes each.
+pub const VMPCK0_OFFSET: u64 = 0x20;
+const VMPCK1_OFFSET: u64 = 0x40;
+const VMPCK_END: u64 = 0xA0;
+
+static SNP: AtomicBool = AtomicBool::new(false);
+static GHCB_GPA: AtomicU64 = AtomicU64::new(0);
+static CPUID: Once<CpuidPage> = Once::new();
+static WIPE_HOOK: Once<fn()> = Once::new();
+
+/// Whether the kernel runs as an SEV-SNP guest.
+pub fn is_snp() -> bool {
+    SNP.load(Ordering::Relaxed)
+}
+
+/// The GHCB's GPA (0 without SNP).
+pub fn ghcb_gpa() -> u64 {
+    GHCB_GPA.load(Ordering::Relaxed)
+}
+
+/// The parsed CPUID page (SNP only).
+pub fn cpuid_page() -> Option<&'static CpuidPage> {
+    CPUID.get()
+}
+
+/// Sets up SNP support from the hand-off: call first in `kernel_main`, before
+/// any port I/O. Without SNP it does nothing (port I/O stays direct).
+///
+/// Under SNP it checks the hand-off (C-bit, GHCB = first pool page), keeps a
+/// parsed private copy of the CPUID page for the #VC handler, wipes VMPCK1..3
+/// from the secrets page (Vellum runs at VMPL0 and only ever uses VMPCK0), and
+/// routes every `PortIo` call through the GHCB.
+pub fn init(handoff: &Handoff) {
+    if handoff.sev_status & SEV_STATUS_SNP == 0 {
+        return;
+    }
+    SNP.store(true, Ordering::Relaxed);
+    if handoff.ghcb == 0
+        || handoff.ghcb != handoff.pool[0]
+        || !handoff.ghcb.is_multiple_of(PAGE_SIZE)
+    {
+        terminate(TerminateReason::REGISTER);
+    }
+    GHCB_GPA.store(handoff.ghcb, Ordering::Relaxed);
+    let mut copy = [0u8; PAGE_SIZE as usize];
+    // SAFETY: the CPUID page is an ASEV range: private, launch-validated, and
+    // identity-mapped with the C-bit by boot's tables, which the kernel keeps;
+    // it is copied once and only the copy is parsed.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            layout::SNP_CPUID_PAGE as *const u8,
+            copy.as_mut_ptr(),
+            copy.len(),
+        )
+    };
+    let page = CpuidPage::parse(&copy).unwrap_or_else(|_| terminate(TerminateReason::CPUID));
+    if page.c_bit().map(u64::from) != Some(handoff.c_bit) {
+        terminate(TerminateReason::C_BIT_MISMATCH);
+    }
+    CPUID.call_once(|| page);
+    wipe_vmpck(VMPCK1_OFFSET, VMPCK_END);
+    port::set_ports(&GhcbPorts);
+}
+
+fn wipe_vmpck(from: u64, to: u64) {
+    for off in (from..to).step_by(8) {
+        // SAFETY: inside the SNP secrets page (an ASEV range: private,
+        // launch-validated, identity-mapped with the C-bit, reserved by boot
+        // and used by nothing else in the kernel); aligned; volatile so the
+        // stores are not elided.
+        unsafe { write_volatile((layout::SNP_SECRETS_PAGE + off) as *mut u64, 0) };
+    }
+}
+
+/// Registers the function that wipes the kernel's own key material (TLS keys,
+/// sessions) in [`wipe_secrets`]. Only the first registration counts.
+#[allow(dead_code, reason = "for the crypto/TLS code to register its wipe")]
+pub fn register_wipe_hook(hook: fn()) {
+    WIPE_HOOK.call_once(|| hook);
+}
+
+/// Wipes key material: the registered hook, then (under SNP) VMPCK0..3 on the
+/// secrets page. Called by the panic handler before it prints anything.
+/// VMPCK0 stays on the secrets page until then because the attestation code
+/// reads it there (it never copies it into the shared pool); after this call no
+/// guest request can be made.
+pub fn wipe_secrets() {
+    if let Some(hook) = WIPE_HOOK.get() {
+        hook();
+    }
+    if is_snp() {
+        wipe_vmpck(VMPCK0_OFFSET, VMPCK_END);
+    }
+}
+
+/// Asks the hypervisor to terminate the guest (GHCB MSR protocol request
+/// 0x100 with `reason`, then VMGEXIT), and halts for good if it resumes us.
+/// Uses no GHCB page, so it works from any context (#VC, panic).
+pub fn terminate(reason: TerminateReason) -> ! {
+    let req = msr_protocol::terminate_request(reason);
+    // SAFETY: writing the GHCB MSR only selects the request of the next
+    // VMGEXIT; VMGEXIT (F3 0F 01 D9) exits to the hypervisor, which can only
+    // touch shared memory. Only reached under SNP, where both exist.
+    unsafe {
+        asm!(
+            "wrmsr",
+            ".byte 0xF3, 0x0F, 0x01, 0xD9",
+            in("ecx") GHCB_MSR,
+            in("eax") req as u32,
+            in("edx") (req >> 32) as u32,
+            options(nostack)
+        )
+    };
+    crate::arch::cpu::halt_forever()
+}
+
+/// Panic epilogue: under SNP, terminate (the host sees the reason code);
+/// without SNP return so the caller can halt as before.
+pub fn terminate_if_snp(reason: TerminateReason) {
+    if is_snp() {
+        terminate(reason);
+    }
+}
