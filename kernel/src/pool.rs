@@ -1,13 +1,14 @@
-//! The shared-page pool: one contiguous, 2 MiB-aligned range of guest memory,
-//! the only memory the host may ever read or write (virtio rings, packet
-//! buffers; under SEV-SNP also the GHCB and guest-request pages).
+//! The shared-page pool: one contiguous, page-aligned range of guest memory at
+//! a fixed place in the layout (`vellum_boot::layout::POOL_BASE`), the only
+//! memory the host may ever read or write: page 0 the GHCB, pages 1-2 the SNP
+//! guest request and response, then the virtio rings and packet buffers.
 //!
 //! Code outside this module cannot get a reference into the pool: [`Pool`]
 //! implements `vellum_net::shared::SharedMem`, which moves data by copies made
 //! with volatile accesses, and lends a `&mut [u8]` only for filling a TX buffer
-//! the driver owns. Making the range shared is the platform's job
-//! ([`crate::platform::Platform::share`]): a no-op without SEV, a page-state
-//! change under SEV-SNP.
+//! the driver owns. Boot makes the range shared before the kernel runs: under
+//! SEV-SNP it is never validated, is converted to shared with a page-state
+//! change, and is mapped without the C-bit; without SEV nothing needs doing.
 
 use core::{
     intrinsics::volatile_copy_nonoverlapping_memory,

@@ -5,7 +5,8 @@
 //! State Change batching, the memory-validation plan and its proof object, the
 //! SNP CPUID page, the #VC decision, and SNP guest-message framing. The
 //! instructions themselves (PVALIDATE, VMGEXIT, RDMSR/WRMSR, the #VC entry,
-//! page-table edits) live in `boot/src/main.rs` and `kernel/src/sev/`, which
+//! page-table edits) live in `boot/src/entry.s`, `boot/src/sev.rs` and
+//! `kernel/src/sev/`, which
 //! plug into the traits defined here:
 //!
 //! | trait | module | the unsafe side provides |
