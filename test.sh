@@ -36,6 +36,9 @@ if [ $QUICK = 0 ]; then
   step "build target/vellum.bin"
   cargo run -q -p vellum-image -- build
 
+  step "the built image against sev-snp-measure (1/2/4 vCPUs x EPYC models)"
+  VELLUM_REQUIRE_IMAGE=1 cargo test -q -p vellum-image --test measure_crosscheck -- built_image_matches_if_present
+
   step "guest tests (QEMU/TCG)"
   cargo test -q -p vellum-itest
 

@@ -32,12 +32,17 @@ for kind, key, target, higher in (("http", "rps", 3, True), ("https", "rps", 2, 
         best = max(theirs)
         r = mine / best if best else float("inf")
         print(f"| {kind} {key} | {net} | {best:.1f} | {mine:.1f} | {r:.2f}x | >= {target}x | {'yes' if r >= target else 'NO'} |")
-boot = ours.get(("boot", "user", "first_200_s"))
 mem = ours.get(("mem", "-", "min_mib"))
 size = ours.get(("size", "-", "total"))
-lboot = [l[("boot", "user", "first_200_s")] for l in linux if ("boot", "user", "first_200_s") in l]
-if boot is not None:
-    print(f"| QEMU start -> first 200, s | user | {min(lboot) if lboot else float('nan'):.2f} | {boot:.3f} | | <= 0.25 s | {'yes' if boot <= 0.25 else 'NO'} |")
+# Boot on both nets. Under tap the harness's first curl (sent right after QEMU
+# starts, before QEMU has attached the tap) loses its SYN when the tap's
+# carrier comes up, so no guest can beat that curl's 0.5 s connect timeout
+# there: read the tap figure as ~0.5 s + the real time to serve.
+for net in ("user", "tap"):
+    boot = ours.get(("boot", net, "first_200_s"))
+    lboot = [l[("boot", net, "first_200_s")] for l in linux if ("boot", net, "first_200_s") in l]
+    if boot is not None:
+        print(f"| QEMU start -> first 200, s | {net} | {min(lboot) if lboot else float('nan'):.2f} | {boot:.3f} | | <= 0.25 s | {'yes' if boot <= 0.25 else 'NO'} |")
 if mem is not None:
     print(f"| smallest -m that serves, MiB | - | | {mem:.0f} | | <= 16 | {'yes' if mem <= 16 else 'NO'} |")
 if size is not None:

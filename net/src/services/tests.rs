@@ -468,8 +468,8 @@ fn poll_reports_timers() {
 fn memory_budget() {
     let cfg = Config::DEFAULT;
     assert_eq!(cfg.http_pool.buffer_bytes(), 72 * 16 * 1024);
-    assert_eq!(cfg.echo_pool.buffer_bytes(), 8 * 128 * 1024);
-    assert_eq!(cfg.buffer_bytes(), 2192 * 1024);
+    assert_eq!(cfg.echo_pool.buffer_bytes(), 8 * 512 * 1024);
+    assert_eq!(cfg.buffer_bytes(), 5312 * 1024);
     let socket = core::mem::size_of::<tcp::Socket<'static>>();
     let session = core::mem::size_of::<HttpSession>();
     println!("tcp::Socket {socket} B, HttpSession {session} B");
