@@ -40,7 +40,8 @@ if [ $QUICK = 0 ]; then
   VELLUM_REQUIRE_IMAGE=1 cargo test -q -p vellum-image --test measure_crosscheck -- built_image_matches_if_present
 
   step "guest tests (QEMU/TCG)"
-  cargo test -q -p vellum-itest
+  # Two guests at a time: each TCG guest wants a core, and the host has two.
+  cargo test -q -p vellum-itest -- --test-threads=2
 
   step "reproducible image (a fresh clone elsewhere builds the same bytes)"
   if [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && git rev-parse -q HEAD >/dev/null 2>&1; then

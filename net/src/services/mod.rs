@@ -185,7 +185,7 @@ impl Config {
         },
         echo_idle_timeout: Duration::from_secs(30),
         tcp_timeout: Duration::from_secs(20),
-        close_linger: Duration::from_secs(5),
+        close_linger: Duration::from_secs(10),
         ingress_budget: 64,
         egress_budget: 64,
         echo_scratch: 64 * 1024,
@@ -270,8 +270,11 @@ enum Slot<C> {
     Handshake { since: Instant },
     /// A connection being served.
     Open(C),
-    /// We closed it at `since`; waiting for TCP to finish.
-    Closing { since: Instant },
+    /// We closed it; waiting for TCP to deliver what is queued and finish.
+    /// `since` is the last time the peer acknowledged anything (`queued` is the
+    /// send queue then): the linger timer runs only while nothing moves, so a
+    /// slow but live reader still gets every byte.
+    Closing { since: Instant, queued: usize },
 }
 
 #[derive(Debug)]
@@ -991,7 +994,16 @@ impl Lifecycle {
                 *slot = Slot::Open(accept());
                 *activity = true;
             }
-            (Slot::Closing { since }, _) => {
+            (Slot::Closing { since, queued }, _) => {
+                let now_queued = socket.send_queue();
+                if now_queued < *queued {
+                    *slot = Slot::Closing {
+                        since: self.now,
+                        queued: now_queued,
+                    };
+                    *deadline = min_deadline(*deadline, Some(self.now + self.linger));
+                    return None;
+                }
                 if expired(*since, deadline) {
                     socket.abort();
                     *slot = Slot::Listening;
@@ -1015,7 +1027,10 @@ impl Lifecycle {
         deadline: &mut Option<Instant>,
     ) {
         socket.close();
-        *slot = Slot::Closing { since: self.now };
+        *slot = Slot::Closing {
+            since: self.now,
+            queued: socket.send_queue(),
+        };
         *deadline = min_deadline(*deadline, Some(self.now + self.linger));
     }
 }
