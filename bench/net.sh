@@ -6,6 +6,7 @@
 #
 #   bench/net.sh [--quick] [--net user,tap] [--tests http,https,echo,tlsecho]
 #                [--phases size,boot,mem,load] [--reps N] [--duration S]
+#                [--linux-default-cpu-only] [--no-linux]
 #
 # CPU model: Vellum is compiled for AVX/AES-NI, so it runs with -cpu max. The
 # Linux guest runs both with QEMU's default CPU (the baseline's own setting,
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 HARNESS=${LB_HARNESS:-$ROOT/../shared/bench/linux-baseline}
-NETS=user,tap TESTS=http,https,echo,tlsecho PHASES=size,boot,mem,load REPS=3 DUR=10 LINUX=1
+NETS=user,tap TESTS=http,https,echo,tlsecho PHASES=size,boot,mem,load REPS=3 DUR=10 LINUX=1 LINUX_MAX=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) REPS=1 DUR=5;;
@@ -25,6 +26,7 @@ while [ $# -gt 0 ]; do
     --reps) REPS=$2; shift;;
     --duration) DUR=$2; shift;;
     --no-linux) LINUX=0;;
+    --linux-default-cpu-only) LINUX_MAX=0;;
     -h|--help) sed -n '2,15p' "$0"; exit 0;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
@@ -40,7 +42,9 @@ list=$(mktemp)
 common=(--net "$NETS" --tests "$TESTS" --phases "$PHASES" --reps "$REPS" --duration "$DUR")
 if [ $LINUX = 1 ]; then
   LB_RUNDIR_FILE=$list "$HARNESS/run.sh" --guest linux-nginx "${common[@]}" >&2
-  LB_RUNDIR_FILE=$list "$HARNESS/run.sh" --guest linux-nginx --cpu max "${common[@]}" >&2
+  if [ $LINUX_MAX = 1 ]; then
+    LB_RUNDIR_FILE=$list "$HARNESS/run.sh" --guest linux-nginx --cpu max "${common[@]}" >&2
+  fi
 fi
 LB_RUNDIR_FILE=$list "$HARNESS/run.sh" --guest custom --cpu max \
   --custom-args "-bios $ROOT/target/vellum.bin" --https on --tls-echo on "${common[@]}" >&2

@@ -14,6 +14,8 @@ fn main() {
 }
 
 #[cfg(target_os = "none")]
+mod ghcb_page;
+#[cfg(target_os = "none")]
 mod sev;
 
 #[cfg(target_os = "none")]

@@ -18,15 +18,15 @@
 
 use core::{
     arch::asm,
-    ptr::{read_volatile, write_volatile},
-    sync::atomic::{AtomicU8, Ordering, fence},
+    ptr::read_volatile,
+    sync::atomic::{AtomicU8, Ordering},
 };
 use vellum_boot::{
     layout,
     snp::{
         GpaRange, PageSize, PageState,
-        ghcb::{GHCB_SIZE, Ghcb, GhcbError, GhcbMem, Hypervisor, IoSize},
-        msr_protocol::{self, GHCB_MSR, HvFeatures, SevInfo, TerminateReason},
+        ghcb::{Ghcb, GhcbError, GhcbMem, IoSize},
+        msr_protocol::{self, HvFeatures, SevInfo, TerminateReason},
         psc::PscError,
         validate::Validator,
     },
@@ -35,8 +35,7 @@ use vellum_boot::{
 /// SEV_STATUS bit 2: SEV-SNP active (reference §4).
 pub const SEV_STATUS_SNP: u64 = 1 << 2;
 
-/// The GHCB's guest-physical (= virtual) address.
-pub const GHCB_GPA: u64 = layout::POOL_BASE;
+pub use crate::ghcb_page::{GHCB_GPA, PageMem, Vmgexit, terminate};
 
 /// How boot's port I/O is done.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -81,118 +80,9 @@ pub fn enter_snp() {
     set_port_mode(PortMode::Unavailable);
 }
 
-fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: only called for the GHCB MSR (0xC001_0130), which exists and is
-    // readable in every SEV-ES/SNP guest (boot only gets here under SNP); the
-    // read has no side effects.
-    unsafe {
-        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
-    };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: only called for the GHCB MSR under SNP; writing it only selects
-    // what the next VMGEXIT tells the hypervisor and cannot affect memory.
-    unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
-    };
-}
-
-fn vmgexit() {
-    // SAFETY: VMGEXIT (`rep vmmcall`, F3 0F 01 D9) hands control to the
-    // hypervisor, which may only change shared memory (the GHCB, the pool) and
-    // the GHCB MSR; private memory and registers are protected by SNP. The
-    // asm is not `nomem`, so the compiler keeps memory accesses on their side.
-    unsafe {
-        asm!(
-            ".byte 0xF3, 0x0F, 0x01, 0xD9",
-            options(nostack, preserves_flags)
-        )
-    };
-}
-
 /// One GHCB MSR-protocol exchange: write `request`, VMGEXIT, read the response.
 pub fn msr_protocol(request: u64) -> u64 {
-    wrmsr(GHCB_MSR, request);
-    vmgexit();
-    rdmsr(GHCB_MSR)
-}
-
-/// Asks the hypervisor to terminate the guest with `reason` (MSR protocol
-/// 0x100), then halts for good should it resume us.
-pub fn terminate(reason: TerminateReason) -> ! {
-    wrmsr(GHCB_MSR, msr_protocol::terminate_request(reason));
-    vmgexit();
-    loop {
-        // SAFETY: CLI; HLT parks the CPU; nothing else runs in boot.
-        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
-    }
-}
-
-/// The GHCB page, reached only through volatile accesses at fixed offsets (no
-/// reference into shared memory is ever made).
-#[derive(Debug)]
-pub struct PageMem;
-
-impl PageMem {
-    fn ptr(offset: usize, len: usize) -> *mut u8 {
-        assert!(offset <= GHCB_SIZE && len <= GHCB_SIZE - offset);
-        (GHCB_GPA as usize + offset) as *mut u8
-    }
-}
-
-impl GhcbMem for PageMem {
-    fn read_u64(&self, offset: usize) -> u64 {
-        let p = Self::ptr(offset, 8).cast::<u64>();
-        assert!(p.is_aligned());
-        // SAFETY: inside the GHCB page (checked), which is identity-mapped
-        // (shared, no C-bit) RAM reserved for it; aligned; volatile.
-        unsafe { read_volatile(p) }
-    }
-
-    fn write_u64(&mut self, offset: usize, value: u64) {
-        let p = Self::ptr(offset, 8).cast::<u64>();
-        assert!(p.is_aligned());
-        // SAFETY: as for `read_u64`.
-        unsafe { write_volatile(p, value) }
-    }
-
-    fn read_bytes(&self, offset: usize, out: &mut [u8]) {
-        let p = Self::ptr(offset, out.len());
-        for (i, b) in out.iter_mut().enumerate() {
-            // SAFETY: `p + i` is inside the GHCB page (range checked above).
-            *b = unsafe { read_volatile(p.add(i)) };
-        }
-    }
-
-    fn write_bytes(&mut self, offset: usize, data: &[u8]) {
-        let p = Self::ptr(offset, data.len());
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: `p + i` is inside the GHCB page (range checked above).
-            unsafe { write_volatile(p.add(i), *b) };
-        }
-    }
-
-    fn clear(&mut self) {
-        for off in (0..GHCB_SIZE).step_by(8) {
-            self.write_u64(off, 0);
-        }
-    }
-}
-
-/// VMGEXIT with the GHCB: GPA into the GHCB MSR, fence, exit, fence.
-#[derive(Debug)]
-pub struct Vmgexit;
-
-impl Hypervisor for Vmgexit {
-    fn vmgexit(&mut self) {
-        wrmsr(GHCB_MSR, GHCB_GPA);
-        fence(Ordering::SeqCst);
-        vmgexit();
-        fence(Ordering::SeqCst);
-    }
+    crate::ghcb_page::msr_protocol_exchange(request)
 }
 
 /// The registered GHCB (call only in [`PortMode::Ghcb`]).

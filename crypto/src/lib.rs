@@ -24,7 +24,7 @@ pub mod session;
 pub mod snp;
 
 pub use identity::{CertParams, Identity, IdentityError, report_data};
-pub use provider::{KernelClock, provider};
+pub use provider::{BulkSpeed, KernelClock, measure_bulk_ciphers, provider, provider_for};
 pub use rng::{EntropySource, RngError, SharedEntropy};
 pub use rustls;
 pub use service::{AttestError, Attestation, ReportSource, TlsOver};

@@ -111,7 +111,12 @@ fn echo_round_trips_four_mebibytes_byte_exact() {
     let mut got = Vec::with_capacity(data.len());
     s.read_to_end(&mut got).unwrap();
     writer.join().unwrap();
-    assert_eq!(got.len(), data.len(), "echoed length; guest log:\n{}", g.log());
+    assert_eq!(
+        got.len(),
+        data.len(),
+        "echoed length; guest log:\n{}",
+        g.log()
+    );
     assert!(got == data, "echoed bytes differ");
     // One copy out of the pool per received byte, one copy in per sent byte
     // (one snapshot, so the counters are consistent with each other).

@@ -7,7 +7,7 @@ use crate::{arch::cpu, clock};
 use alloc::{boxed::Box, sync::Arc};
 use vellum_crypto::{
     AttestError, Attestation, CertParams, EntropySource, Identity, KernelClock, ReportSource,
-    RngError, TlsOver, provider, server_config,
+    RngError, TlsOver, measure_bulk_ciphers, provider_for, server_config,
 };
 use vellum_net::{
     http::HttpSession,
@@ -63,7 +63,20 @@ pub fn start(svc: &mut Services, snp: bool) -> Result<(), &'static str> {
     let t0 = clock::micros();
     let identity = Identity::generate(rng.as_ref(), &CertParams::vellum(None))
         .map_err(|_| "could not generate the TLS identity")?;
-    let config = server_config(&identity, provider(rng), KernelClock::none())
+    // Cipher preference by measurement on this machine (AES-GCM wins where
+    // AES-NI/PCLMULQDQ are real; ChaCha20 wins where they are emulated).
+    let speed = measure_bulk_ciphers(&cpu::rdtsc);
+    log::info!(
+        "tls: 16 KiB seal: AES-256-GCM {} cycles, ChaCha20-Poly1305 {} cycles: prefer {}",
+        speed.aes_256_gcm,
+        speed.chacha20_poly1305,
+        if speed.prefer_chacha() {
+            "ChaCha20-Poly1305"
+        } else {
+            "AES-GCM"
+        }
+    );
+    let config = server_config(&identity, provider_for(rng, speed), KernelClock::none())
         .map_err(|_| "could not build the TLS configuration")?;
     log::info!(
         "tls: fresh P-256 identity in {} us; certificate {} bytes",

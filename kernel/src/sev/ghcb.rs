@@ -10,93 +10,20 @@
 
 use super::{ghcb_gpa, terminate};
 use crate::arch::port::PortIo;
-use core::{
-    arch::asm,
-    ptr::{read_volatile, write_volatile},
-    sync::atomic::{Ordering, fence},
-};
 use vellum_boot::snp::{
-    ghcb::{GHCB_SIZE, Ghcb, GhcbError, GhcbMem, Hypervisor, IoSize},
-    msr_protocol::{GHCB_MSR, TerminateReason},
+    ghcb::{Ghcb, GhcbError, IoSize},
+    msr_protocol::TerminateReason,
 };
 
-/// The GHCB page at [`ghcb_gpa`], through volatile accesses only.
-#[derive(Debug)]
-pub struct PageMem;
-
-impl PageMem {
-    fn ptr(offset: usize, len: usize) -> *mut u8 {
-        let base = ghcb_gpa();
-        assert!(base != 0 && offset <= GHCB_SIZE && len <= GHCB_SIZE - offset);
-        (base as usize + offset) as *mut u8
-    }
-}
-
-impl GhcbMem for PageMem {
-    fn read_u64(&self, offset: usize) -> u64 {
-        let p = Self::ptr(offset, 8).cast::<u64>();
-        assert!(p.is_aligned());
-        // SAFETY: inside the GHCB page (checked): identity-mapped, shared (no
-        // C-bit) pool memory that nothing else in the kernel uses; aligned.
-        unsafe { read_volatile(p) }
-    }
-
-    fn write_u64(&mut self, offset: usize, value: u64) {
-        let p = Self::ptr(offset, 8).cast::<u64>();
-        assert!(p.is_aligned());
-        // SAFETY: as for `read_u64`.
-        unsafe { write_volatile(p, value) }
-    }
-
-    fn read_bytes(&self, offset: usize, out: &mut [u8]) {
-        let p = Self::ptr(offset, out.len());
-        for (i, b) in out.iter_mut().enumerate() {
-            // SAFETY: `p + i` lies inside the GHCB page (range checked).
-            *b = unsafe { read_volatile(p.add(i)) };
-        }
-    }
-
-    fn write_bytes(&mut self, offset: usize, data: &[u8]) {
-        let p = Self::ptr(offset, data.len());
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: `p + i` lies inside the GHCB page (range checked).
-            unsafe { write_volatile(p.add(i), *b) };
-        }
-    }
-
-    fn clear(&mut self) {
-        for off in (0..GHCB_SIZE).step_by(8) {
-            self.write_u64(off, 0);
-        }
-    }
-}
-
-/// VMGEXIT with the GHCB: its GPA into the GHCB MSR, full fence, `rep vmmcall`,
-/// full fence (so no access to the page moves across the exit).
-#[derive(Debug)]
-pub struct Vmgexit;
-
-impl Hypervisor for Vmgexit {
-    fn vmgexit(&mut self) {
-        let gpa = ghcb_gpa();
-        fence(Ordering::SeqCst);
-        // SAFETY: writing the GHCB MSR with the registered GHCB's GPA and
-        // exiting to the hypervisor (F3 0F 01 D9); the hypervisor can only
-        // change shared memory (the GHCB page) and the MSR. The asm is not
-        // `nomem`, which also makes it a compiler barrier.
-        unsafe {
-            asm!(
-                "wrmsr",
-                ".byte 0xF3, 0x0F, 0x01, 0xD9",
-                in("ecx") GHCB_MSR,
-                in("eax") gpa as u32,
-                in("edx") (gpa >> 32) as u32,
-                options(nostack)
-            )
-        };
-        fence(Ordering::SeqCst);
-    }
-}
+// The GHCB page accessor and VMGEXIT, shared with boot: one implementation.
+#[path = "../../../boot/src/ghcb_page.rs"]
+#[allow(
+    dead_code,
+    reason = "boot also uses the MSR-protocol exchange; the kernel only terminates with it"
+)]
+mod ghcb_page;
+pub use ghcb_page::terminate as terminate_msr_protocol;
+use ghcb_page::{PageMem, Vmgexit};
 
 fn ghcb() -> Ghcb<PageMem, Vmgexit> {
     Ghcb::new(PageMem, Vmgexit, ghcb_gpa())

@@ -21,7 +21,6 @@ pub mod vc;
 
 use crate::arch::port;
 use core::{
-    arch::asm,
     ptr::write_volatile,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
@@ -29,10 +28,7 @@ use spin::Once;
 use vellum_boot::{
     abi::Handoff,
     layout::{self, PAGE_SIZE},
-    snp::{
-        cpuid::CpuidPage,
-        msr_protocol::{self, GHCB_MSR, TerminateReason},
-    },
+    snp::{cpuid::CpuidPage, msr_protocol::TerminateReason},
 };
 
 pub use ghcb::{GhcbPorts, guest_request};
@@ -145,21 +141,7 @@ pub fn wipe_secrets() {
 /// 0x100 with `reason`, then VMGEXIT), and halts for good if it resumes us.
 /// Uses no GHCB page, so it works from any context (#VC, panic).
 pub fn terminate(reason: TerminateReason) -> ! {
-    let req = msr_protocol::terminate_request(reason);
-    // SAFETY: writing the GHCB MSR only selects the request of the next
-    // VMGEXIT; VMGEXIT (F3 0F 01 D9) exits to the hypervisor, which can only
-    // touch shared memory. Only reached under SNP, where both exist.
-    unsafe {
-        asm!(
-            "wrmsr",
-            ".byte 0xF3, 0x0F, 0x01, 0xD9",
-            in("ecx") GHCB_MSR,
-            in("eax") req as u32,
-            in("edx") (req >> 32) as u32,
-            options(nostack)
-        )
-    };
-    crate::arch::cpu::halt_forever()
+    ghcb::terminate_msr_protocol(reason)
 }
 
 /// Panic epilogue: under SNP, terminate (the host sees the reason code);
