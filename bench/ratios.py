@@ -10,10 +10,11 @@ def load(d):
         if len(p) != 5:
             continue
         try:
-            v[(p[0], p[1], p[3])].append(float(p[4]))
+            value = float(p[4])
         except ValueError:
-            pass
-    return {k: statistics.median(x) for k, x in v.items()}
+            continue
+        v[(p[0], p[1], p[3])].append(value)
+    return {k: statistics.median(x) for k, x in v.items() if x}
 
 dirs = sys.argv[1:]
 if len(dirs) < 2:
