@@ -287,6 +287,8 @@ struct PoolSlot<C> {
 #[derive(Debug)]
 struct EchoConn {
     last_activity: Instant,
+    /// Send queue at the last poll (a shrinking queue is progress).
+    queued: usize,
 }
 
 /// The network stack and the services on it.
@@ -851,7 +853,10 @@ impl Services {
         for slot in echo.iter_mut() {
             let socket = sockets.get_mut::<tcp::Socket<'_>>(slot.handle);
             let served = cx.step(&mut slot.slot, socket, activity, &mut deadline, || {
-                EchoConn { last_activity: now }
+                EchoConn {
+                    last_activity: now,
+                    queued: 0,
+                }
             });
             let Some(conn) = served else {
                 continue;
@@ -862,8 +867,18 @@ impl Services {
                 conn.last_activity = now;
                 *activity = true;
             }
+            if socket.send_queue() < conn.queued {
+                // The peer acknowledged echoed bytes: that is progress too.
+                conn.last_activity = now;
+            }
+            conn.queued = socket.send_queue();
             let idle_until = conn.last_activity + config.echo_idle_timeout;
-            if !socket.may_recv() || now >= idle_until {
+            // Peer done: close only once everything echoed has been
+            // acknowledged. Closing (LAST-ACK) with data still queued left
+            // smoltcp unable to recover from a zero window in stress runs;
+            // in CLOSE-WAIT it keeps probing like an open connection.
+            let drained = socket.send_queue() == 0;
+            if (!socket.may_recv() && drained) || now >= idle_until {
                 // Peer done (or silent too long): the FIN goes out after the
                 // echo bytes still queued.
                 cx.close(&mut slot.slot, socket, &mut deadline);
