@@ -26,7 +26,7 @@
 //! `{"error":"not running under SEV-SNP",...}`. Requests are rate-limited
 //! (the host throttles SNP guest requests anyway): `429` when too frequent.
 
-use alloc::{boxed::Box, format, string::String, sync::Arc, vec, vec::Vec};
+use alloc::{boxed::Box, format, string::String, sync::Arc, vec::Vec};
 use core::{
     fmt,
     sync::atomic::{AtomicI64, Ordering},
@@ -221,7 +221,6 @@ fn parse_nonce(query: Option<&str>) -> Result<Vec<u8>, &'static str> {
 pub struct TlsOver {
     tls: TlsSession,
     inner: Box<DynSession>,
-    scratch: Vec<u8>,
     input_done: bool,
     inner_input_done: bool,
     failed: bool,
@@ -236,8 +235,8 @@ impl fmt::Debug for TlsOver {
     }
 }
 
-/// Plaintext moved per step into the inner session.
-const SCRATCH: usize = 16 * 1024;
+/// Ciphertext offered per feed: about one full TLS record.
+const RECV_WINDOW: usize = 16 * 1024 + 512;
 
 impl TlsOver {
     /// A TLS server session around `inner` (for HTTP, make it with
@@ -246,7 +245,6 @@ impl TlsOver {
         Ok(TlsOver {
             tls: TlsSession::new(config)?,
             inner,
-            scratch: vec![0; SCRATCH],
             input_done: false,
             inner_input_done: false,
             failed: false,
@@ -258,20 +256,19 @@ impl TlsOver {
         &self.tls
     }
 
+    /// Hands decrypted bytes to the inner session straight from the TLS
+    /// session's buffer (no intermediate copy).
     fn pump_plaintext(&mut self, now: Instant) {
         loop {
-            let window = self.inner.recv_window().min(SCRATCH);
-            if window == 0 || self.tls.plaintext_available() == 0 {
-                break;
-            }
-            let n = self.tls.read_plaintext(&mut self.scratch[..window]);
+            let avail = self.tls.plaintext();
+            let n = avail.len().min(self.inner.recv_window());
             if n == 0 {
                 break;
             }
-            let taken = self.inner.feed(&self.scratch[..n], now);
+            let taken = self.inner.feed(&avail[..n], now);
+            self.tls.consume_plaintext(taken);
             // recv_window promised room for n bytes; a session that takes less
             // is broken: drop the connection rather than lose bytes silently.
-            self.scratch[..n].fill(0);
             if taken != n {
                 self.failed = true;
                 break;
@@ -289,7 +286,7 @@ impl Session for TlsOver {
         } else {
             // TlsSession bounds its own intake; offer a record's worth and let
             // `feed` report what it took.
-            SCRATCH + 512
+            RECV_WINDOW
         }
     }
 

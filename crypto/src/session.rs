@@ -250,9 +250,22 @@ impl TlsSession {
     /// none is available yet, or at end of stream: see
     /// [`is_peer_closed`](Self::is_peer_closed)).
     pub fn read_plaintext(&mut self, buf: &mut [u8]) -> usize {
-        let avail = &self.plain[self.plain_start..];
+        let avail = self.plaintext();
         let n = avail.len().min(buf.len());
         buf[..n].copy_from_slice(&avail[..n]);
+        self.consume_plaintext(n);
+        n
+    }
+
+    /// The decrypted application data not consumed yet, in place (no copy).
+    pub fn plaintext(&self) -> &[u8] {
+        &self.plain[self.plain_start..]
+    }
+
+    /// Marks `n` bytes of [`plaintext`](Self::plaintext) as consumed; the
+    /// buffer is wiped once all of it is.
+    pub fn consume_plaintext(&mut self, n: usize) {
+        let n = n.min(self.plaintext_available());
         self.plain_start += n;
         if self.plain_start == self.plain.len() {
             self.plain.zeroize();
@@ -263,7 +276,6 @@ impl TlsSession {
             // Room freed: decrypt records that were waiting.
             self.pump(&[]);
         }
-        n
     }
 
     /// Number of decrypted bytes ready for [`read_plaintext`](Self::read_plaintext).

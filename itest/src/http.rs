@@ -120,6 +120,25 @@ pub fn curl(args: &[&str]) -> (i32, Vec<u8>) {
     (out.status.code().unwrap_or(-1), out.stdout)
 }
 
+/// Fetches `url` twice in one curl run and returns curl's connection counts
+/// (`"1 0"` when the second transfer reused the first connection).
+pub fn connects_for_two_transfers(extra: &[&str], url: &str) -> String {
+    let mut args = extra.to_vec();
+    args.extend([
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{num_connects} ",
+        url,
+        url,
+    ]);
+    let (rc, out) = curl(&args);
+    assert_eq!(rc, 0, "curl {args:?}");
+    String::from_utf8_lossy(&out).trim().to_string()
+}
+
 /// One `/metrics` snapshot: every sample by full name.
 pub fn metrics(port: u16) -> std::collections::BTreeMap<String, u64> {
     let r = Conn::open(port).get("/metrics");
