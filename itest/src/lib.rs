@@ -39,11 +39,21 @@ pub fn image() -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    free_ports::<1>()[0]
 }
+
+/// `N` distinct free TCP ports on 127.0.0.1 (all held open until every one is
+/// chosen, so the kernel cannot hand out one twice). Another process may still
+/// take one before QEMU binds it: [`Guest::boot`] retries on that.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    core::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
+}
+
+/// What QEMU prints when a forwarded host port is already taken.
+const PORT_TAKEN: &str = "Could not set up host forwarding rule";
 
 /// Runs `run-qemu.sh "$@"` in the background, reports QEMU's exit status on
 /// stdout, and kills the process group when its stdin closes.
@@ -76,18 +86,24 @@ pub struct Guest {
 
 impl Guest {
     /// Boots the image with default options and waits for `vellum ready`.
+    /// Retries (with other ports) when a host port was taken between choosing
+    /// and binding it.
     pub fn boot() -> Guest {
-        let g = Guest::start(&[]);
-        if let Err(e) = g.wait_for("vellum ready", Duration::from_secs(60)) {
-            panic!("{e}");
+        let mut attempt = 1;
+        loop {
+            let g = Guest::start(&[]);
+            match g.wait_for("vellum ready", Duration::from_secs(60)) {
+                Ok(()) => return g,
+                Err(e) if e.contains(PORT_TAKEN) && attempt < 5 => attempt += 1,
+                Err(e) => panic!("{e}"),
+            }
         }
-        g
     }
 
     /// Starts the image with extra `run-qemu.sh` arguments; does not wait.
     pub fn start(extra: &[&str]) -> Guest {
         let image = image();
-        let (http, echo, https, tls_echo) = (free_port(), free_port(), free_port(), free_port());
+        let [http, echo, https, tls_echo] = free_ports::<4>();
         let mut args: Vec<String> = vec![
             "--image".into(),
             image.display().to_string(),
@@ -103,6 +119,20 @@ impl Guest {
             tls_echo.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        // Debugging aid: VELLUM_ITEST_PCAP=DIR records every guest's traffic
+        // (QEMU's filter-dump on the user-net backend) to DIR/vellum-PORT.pcap.
+        if let Some(dir) = std::env::var_os("VELLUM_ITEST_PCAP") {
+            let file = PathBuf::from(dir).join(format!("vellum-{http}.pcap"));
+            eprintln!("itest: recording guest traffic to {}", file.display());
+            if !args.iter().any(|a| a == "--") {
+                args.push("--".into());
+            }
+            args.push("-object".into());
+            args.push(format!(
+                "filter-dump,id=itest-dump,netdev=n0,file={}",
+                file.display()
+            ));
+        }
         let script = root().join("run-qemu.sh");
         // Watchdog: QEMU in the background, then wait for stdin to close and
         // kill the whole (new) process group.
@@ -154,7 +184,10 @@ impl Guest {
             if log.contains(needle) {
                 return Ok(());
             }
-            if log.contains("PANIC") || log.contains("vellum-boot: fatal") {
+            if log.contains("PANIC")
+                || log.contains("vellum-boot: fatal")
+                || log.contains(EXIT_MARKER)
+            {
                 return Err(format!("guest failed while waiting for {needle:?}:\n{log}"));
             }
             if Instant::now() > deadline {

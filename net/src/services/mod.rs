@@ -874,9 +874,11 @@ impl Services {
             conn.queued = socket.send_queue();
             let idle_until = conn.last_activity + config.echo_idle_timeout;
             // Peer done: close only once everything echoed has been
-            // acknowledged. Closing (LAST-ACK) with data still queued left
-            // smoltcp unable to recover from a zero window in stress runs;
-            // in CLOSE-WAIT it keeps probing like an open connection.
+            // acknowledged, so the close linger (which aborts) cannot cut off
+            // echo bytes still queued behind a slow reader. (The stalls seen
+            // under load were smoltcp 0.12 dropping its retransmit timer on
+            // the peer's FIN; see the `acks_arrive_as_fin_retransmissions`
+            // test.)
             let drained = socket.send_queue() == 0;
             if (!socket.may_recv() && drained) || now >= idle_until {
                 // Peer done (or silent too long): the FIN goes out after the

@@ -666,3 +666,273 @@ fn announce_sends_gratuitous_arp_and_resolves_the_gateway() {
     let h = net.connect(80, 4096);
     assert_eq!(net.get(h, "/").status, 200);
 }
+
+/// A TCP peer scripted segment by segment, speaking raw frames to the
+/// services. It behaves as QEMU's slirp (a BSD-derived stack) did in a packet
+/// capture of a stalled guest echo: no window scaling, a constant 65,535-byte
+/// window, and, until its FIN is acknowledged, every segment it sends carries
+/// the FIN again (sequence number of the FIN, FIN flag set).
+struct ScriptedPeer {
+    wire: Rc<RefCell<Wire>>,
+    port: u16,
+    /// Our next sequence number (the FIN's, once sent).
+    snd_nxt: u32,
+    fin_sent: bool,
+    fin_acked: bool,
+    /// The server's next sequence number we expect.
+    rcv_nxt: u32,
+    /// Bytes the server sent, in order.
+    got: Vec<u8>,
+}
+
+/// One TCP segment from the server, as the peer saw it.
+struct Seen {
+    seq: u32,
+    ack: Option<u32>,
+    syn: bool,
+    fin: bool,
+    payload: Vec<u8>,
+}
+
+const PEER_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 100);
+
+impl ScriptedPeer {
+    fn send(&self, seq: u32, ack: Option<u32>, control: smoltcp::wire::TcpControl, payload: &[u8]) {
+        use smoltcp::phy::ChecksumCapabilities;
+        use smoltcp::wire::{
+            EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
+            TcpPacket, TcpRepr, TcpSeqNumber,
+        };
+        let tcp = TcpRepr {
+            src_port: self.port,
+            dst_port: 7,
+            control,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+            window_len: 65535,
+            window_scale: None,
+            max_seg_size: (control == smoltcp::wire::TcpControl::Syn).then_some(1460),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: PEER_IP,
+            dst_addr: SERVER_IP,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let eth = EthernetRepr {
+            src_addr: CLIENT_MAC,
+            dst_addr: SERVER_MAC,
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let mut frame = vec![0; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
+        let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
+        eth.emit(&mut f);
+        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut p, &caps);
+        let mut t = TcpPacket::new_unchecked(p.payload_mut());
+        tcp.emit(&mut t, &PEER_IP.into(), &SERVER_IP.into(), &caps);
+        self.wire.borrow_mut().queues[0].push_back(frame);
+    }
+
+    /// Sends an ACK for everything received, slirp style.
+    fn ack(&self) {
+        use smoltcp::wire::TcpControl;
+        if self.fin_sent && !self.fin_acked {
+            self.send(self.snd_nxt, Some(self.rcv_nxt), TcpControl::Fin, &[]);
+        } else {
+            let seq = self.snd_nxt.wrapping_add(u32::from(self.fin_sent));
+            self.send(seq, Some(self.rcv_nxt), TcpControl::None, &[]);
+        }
+    }
+
+    /// Takes the server's frames: answers ARP, returns its TCP segments and
+    /// keeps in-order payload.
+    fn take(&mut self) -> Vec<Seen> {
+        use smoltcp::wire::{
+            ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr,
+            IpProtocol, Ipv4Packet, TcpPacket,
+        };
+        let frames: Vec<Vec<u8>> = self.wire.borrow_mut().queues[1].drain(..).collect();
+        let mut seen = Vec::new();
+        for frame in frames {
+            let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+            if eth.ethertype() == EthernetProtocol::Arp {
+                let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+                if let ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Request,
+                    source_hardware_addr,
+                    source_protocol_addr,
+                    target_protocol_addr,
+                    ..
+                } = arp
+                    && target_protocol_addr == PEER_IP
+                {
+                    let reply = ArpRepr::EthernetIpv4 {
+                        operation: ArpOperation::Reply,
+                        source_hardware_addr: CLIENT_MAC,
+                        source_protocol_addr: PEER_IP,
+                        target_hardware_addr: source_hardware_addr,
+                        target_protocol_addr: source_protocol_addr,
+                    };
+                    let e = EthernetRepr {
+                        src_addr: CLIENT_MAC,
+                        dst_addr: source_hardware_addr,
+                        ethertype: EthernetProtocol::Arp,
+                    };
+                    let mut out = vec![0; e.buffer_len() + reply.buffer_len()];
+                    let mut f = EthernetFrame::new_unchecked(&mut out[..]);
+                    e.emit(&mut f);
+                    reply.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
+                    self.wire.borrow_mut().queues[0].push_back(out);
+                }
+                continue;
+            }
+            let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+            if ip.next_header() != IpProtocol::Tcp {
+                continue;
+            }
+            let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+            if tcp.dst_port() != self.port {
+                continue;
+            }
+            let s = Seen {
+                seq: tcp.seq_number().0 as u32,
+                ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
+                syn: tcp.syn(),
+                fin: tcp.fin(),
+                payload: tcp.payload().to_vec(),
+            };
+            if let Some(a) = s.ack
+                && self.fin_sent
+                && a == self.snd_nxt.wrapping_add(1)
+            {
+                self.fin_acked = true;
+            }
+            // In-order bytes only (retransmissions may overlap what we have).
+            let skip = self.rcv_nxt.wrapping_sub(s.seq) as usize;
+            if !s.syn && skip < s.payload.len() {
+                self.got.extend_from_slice(&s.payload[skip..]);
+                self.rcv_nxt = self.rcv_nxt.wrapping_add((s.payload.len() - skip) as u32);
+            }
+            seen.push(s);
+        }
+        seen
+    }
+}
+
+/// Regression (found with a packet capture of a guest echo test that stalled
+/// for 20 s and lost the tail): the peer's FIN arrives while a full window of
+/// echo data is in flight, and the ACKs for that data come as FIN
+/// retransmissions, which TCP treats as old segments and drops. smoltcp 0.12
+/// also stopped the retransmit timer on the FIN, so nothing was ever sent
+/// again until the TCP timeout reset the connection. The data must still all
+/// come back, by retransmission, well before that timeout.
+#[test]
+fn echo_completes_when_acks_arrive_as_fin_retransmissions() {
+    use smoltcp::wire::TcpControl;
+    let mut net = Net::new(test_config());
+    let mut peer = ScriptedPeer {
+        wire: net.server_dev.wire.clone(),
+        port: 41_000,
+        snd_nxt: 1_000,
+        fin_sent: false,
+        fin_acked: false,
+        rcv_nxt: 0,
+        got: Vec::new(),
+    };
+    let poll = |net: &mut Net| {
+        net.server.poll(&mut net.server_dev, net.now);
+        net.now += Duration::from_millis(1);
+    };
+    // Handshake.
+    peer.send(peer.snd_nxt, None, TcpControl::Syn, &[]);
+    peer.snd_nxt += 1;
+    let mut server_isn = None;
+    for _ in 0..10 {
+        poll(&mut net);
+        if let Some(s) = peer.take().into_iter().find(|s| s.syn) {
+            server_isn = Some(s.seq);
+            break;
+        }
+    }
+    let isn = server_isn.expect("SYN-ACK");
+    peer.rcv_nxt = isn.wrapping_add(1);
+    let acked_first = peer.rcv_nxt;
+    peer.send(peer.snd_nxt, Some(acked_first), TcpControl::None, &[]);
+    // Data: 160 KiB, acknowledging none of the echo, so the server fills our
+    // 64 KiB window and queues the rest.
+    let mut rng = Rng(42);
+    let data: Vec<u8> = (0..160 * 1024).map(|_| rng.next() as u8).collect();
+    let (start, mut una) = (peer.snd_nxt, peer.snd_nxt);
+    for _ in 0..1_000 {
+        while (peer.snd_nxt.wrapping_sub(start) as usize) < data.len()
+            && peer.snd_nxt.wrapping_sub(una) < 60_000
+        {
+            let off = peer.snd_nxt.wrapping_sub(start) as usize;
+            let chunk = &data[off..data.len().min(off + 1460)];
+            peer.send(peer.snd_nxt, Some(acked_first), TcpControl::None, chunk);
+            peer.snd_nxt = peer.snd_nxt.wrapping_add(chunk.len() as u32);
+        }
+        poll(&mut net);
+        for s in peer.take() {
+            if let Some(a) = s.ack {
+                una = a;
+            }
+        }
+        if una == peer.snd_nxt && peer.snd_nxt.wrapping_sub(start) as usize == data.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        una.wrapping_sub(start) as usize,
+        data.len(),
+        "server took all data"
+    );
+    let in_flight = peer.got.len();
+    assert!(
+        (60_000..=65_535).contains(&in_flight),
+        "the server should have a full window in flight, has {in_flight}"
+    );
+    // FIN (acknowledging none of the echo), then the ACKs for the window in
+    // flight, each dressed as a FIN retransmission, all before the server
+    // polls again.
+    peer.send(peer.snd_nxt, Some(acked_first), TcpControl::Fin, &[]);
+    peer.fin_sent = true;
+    let mut ack = acked_first;
+    while ack != peer.rcv_nxt {
+        ack = ack.wrapping_add((peer.rcv_nxt.wrapping_sub(ack)).min(1460));
+        peer.send(peer.snd_nxt, Some(ack), TcpControl::Fin, &[]);
+    }
+    // From here on the peer only answers what the server sends, as slirp
+    // does. 15 s of simulated time; the TCP timeout is 20 s.
+    let mut server_fin = false;
+    for _ in 0..15_000 {
+        poll(&mut net);
+        let seen = peer.take();
+        if seen.iter().any(|s| s.fin) && !server_fin {
+            server_fin = true;
+            peer.rcv_nxt = peer.rcv_nxt.wrapping_add(1);
+        }
+        if seen.iter().any(|s| !s.payload.is_empty() || s.fin) {
+            peer.ack();
+        }
+        if peer.got.len() >= data.len() && server_fin {
+            break;
+        }
+    }
+    assert!(peer.fin_acked, "the server acknowledged the FIN");
+    assert_eq!(
+        peer.got.len(),
+        data.len(),
+        "echo stalled after {} ms",
+        net.now.total_millis()
+    );
+    assert!(peer.got == data, "echoed bytes differ");
+    assert!(server_fin, "the server closed after echoing everything");
+}
