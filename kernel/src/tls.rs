@@ -67,7 +67,7 @@ pub fn start(svc: &mut Services, snp: bool) -> Result<(), &'static str> {
     // AES-NI/PCLMULQDQ are real; ChaCha20 wins where they are emulated).
     let speed = measure_bulk_ciphers(&cpu::rdtsc);
     log::info!(
-        "tls: 16 KiB seal: AES-256-GCM {} cycles, ChaCha20-Poly1305 {} cycles: prefer {}",
+        "tls: 16 KiB seal+open: AES-256-GCM {} cycles, ChaCha20-Poly1305 {} cycles: prefer {}",
         speed.aes_256_gcm,
         speed.chacha20_poly1305,
         if speed.prefer_chacha() {
