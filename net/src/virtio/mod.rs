@@ -96,6 +96,9 @@ pub mod features {
     pub const NET_F_GUEST_CSUM: u32 = 1 << 1;
     /// Device has a MAC address in its configuration.
     pub const NET_F_MAC: u32 = 1 << 5;
+    /// Device accepts TCPv4 segmentation offload (TSO) frames (needs
+    /// `NET_F_CSUM`).
+    pub const NET_F_HOST_TSO4: u32 = 1 << 11;
     /// Configuration `status` field is valid.
     pub const NET_F_STATUS: u32 = 1 << 16;
     /// Legacy: the device accepts any descriptor layout for header and data
@@ -111,6 +114,14 @@ pub const NET_HDR_LEN: usize = 10;
 pub const NET_HDR_F_NEEDS_CSUM: u8 = 1;
 /// `virtio_net_hdr.gso_type`: not a GSO frame.
 pub const NET_HDR_GSO_NONE: u8 = 0;
+/// `virtio_net_hdr.gso_type`: a TCPv4 frame the device segments into
+/// `gso_size`-byte segments (TSO).
+pub const NET_HDR_GSO_TCPV4: u8 = 1;
+/// A TSO transmit buffer: header + one frame of up to 64 KiB (an IPv4
+/// datagram's 65,535 bytes bound it anyway). Page aligned and contiguous.
+pub const TSO_BUF_SIZE: usize = 64 * 1024;
+/// Small TX slots one TSO buffer takes the room of.
+pub const TSO_BUF_SLOTS: u16 = (TSO_BUF_SIZE / BUF_SIZE) as u16;
 
 /// Largest Ethernet frame the stack sends (MTU 1500 + 14-byte header, no FCS).
 pub const MAX_FRAME: usize = 1514;
@@ -259,20 +270,27 @@ pub struct PoolLayout {
     pub tx_bufs: usize,
     /// Number of TX buffers.
     pub tx_buf_count: u16,
+    /// Pool offset of TSO buffer 0 (page aligned); buffer `i` is at
+    /// `tso_bufs + i * TSO_BUF_SIZE`.
+    pub tso_bufs: usize,
+    /// Number of TSO buffers (0 without TSO).
+    pub tso_buf_count: u16,
     /// One past the last byte used.
     pub end: usize,
 }
 
 impl PoolLayout {
     /// The layout starting at `start` (rounded up to a page) for the given
-    /// queue sizes and buffer counts. `None` if a queue size is invalid (zero,
-    /// not a power of two, above 32768) or the arithmetic overflows.
+    /// queue sizes and buffer counts (`tso_buffers` of [`TSO_BUF_SIZE`] after
+    /// the small TX buffers, page aligned). `None` if a queue size is invalid
+    /// (zero, not a power of two, above 32768) or the arithmetic overflows.
     pub const fn new(
         start: usize,
         rx_queue_size: u16,
         tx_queue_size: u16,
         rx_buffers: u16,
         tx_buffers: u16,
+        tso_buffers: u16,
     ) -> Option<PoolLayout> {
         let Some(rx_ring_layout) = RingLayout::new(rx_queue_size) else {
             return None;
@@ -292,8 +310,19 @@ impl PoolLayout {
         let Some(tx_bufs) = rx_bufs.checked_add(rx_buffers as usize * BUF_SIZE) else {
             return None;
         };
-        let Some(end) = tx_bufs.checked_add(tx_buffers as usize * BUF_SIZE) else {
+        let Some(tx_end) = tx_bufs.checked_add(tx_buffers as usize * BUF_SIZE) else {
             return None;
+        };
+        let (tso_bufs, end) = if tso_buffers == 0 {
+            (tx_end, tx_end)
+        } else {
+            let Some(tso_bufs) = align_up(tx_end, PAGE_SIZE) else {
+                return None;
+            };
+            let Some(end) = tso_bufs.checked_add(tso_buffers as usize * TSO_BUF_SIZE) else {
+                return None;
+            };
+            (tso_bufs, end)
         };
         Some(PoolLayout {
             rx_ring,
@@ -304,6 +333,8 @@ impl PoolLayout {
             rx_buf_count: rx_buffers,
             tx_bufs,
             tx_buf_count: tx_buffers,
+            tso_bufs,
+            tso_buf_count: tso_buffers,
             end,
         })
     }
@@ -323,7 +354,7 @@ impl PoolLayout {
 /// For queue size 256 and 256 + 256 buffers: 2 × 12 KiB of rings + 512 × 2 KiB
 /// of buffers = 1,073,152 bytes (262 pages).
 pub const fn pool_bytes(queue_size: u16, rx_buffers: u16, tx_buffers: u16) -> Option<usize> {
-    match PoolLayout::new(0, queue_size, queue_size, rx_buffers, tx_buffers) {
+    match PoolLayout::new(0, queue_size, queue_size, rx_buffers, tx_buffers, 0) {
         Some(layout) => Some(layout.bytes()),
         None => None,
     }
@@ -362,7 +393,7 @@ mod layout_tests {
 
     #[test]
     fn layout_is_page_aligned_and_disjoint() {
-        let l = PoolLayout::new(4097, 1024, 256, 100, 50).unwrap();
+        let l = PoolLayout::new(4097, 1024, 256, 100, 50, 0).unwrap();
         assert_eq!(l.rx_ring, 8192);
         assert_eq!(l.tx_ring % PAGE_SIZE, 0);
         assert_eq!(l.rx_bufs % PAGE_SIZE, 0);
@@ -370,7 +401,12 @@ mod layout_tests {
         assert!(l.rx_bufs >= l.tx_ring + l.tx_ring_layout.bytes);
         assert_eq!(l.tx_bufs, l.rx_bufs + 100 * BUF_SIZE);
         assert_eq!(l.end, l.tx_bufs + 50 * BUF_SIZE);
-        assert!(PoolLayout::new(usize::MAX - 10, 256, 256, 1, 1).is_none());
+        assert!(PoolLayout::new(usize::MAX - 10, 256, 256, 1, 1, 0).is_none());
+        // TSO buffers: page aligned after the small ones, 64 KiB each.
+        let t = PoolLayout::new(0, 256, 256, 10, 3, 2).unwrap();
+        assert_eq!(t.tso_bufs % PAGE_SIZE, 0);
+        assert!(t.tso_bufs >= t.tx_bufs + 3 * BUF_SIZE);
+        assert_eq!(t.end, t.tso_bufs + 2 * TSO_BUF_SIZE);
     }
 }
 

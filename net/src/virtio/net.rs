@@ -8,8 +8,9 @@ use log::warn;
 
 use super::queue::{Queue, Used};
 use super::{
-    BUF_SIZE, InitError, MAX_FRAME, NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_NONE, NET_HDR_LEN, PAGE_SIZE,
-    PoolLayout, RX_QUEUE, TX_QUEUE, Violation, features, phy, regs, status,
+    BUF_SIZE, InitError, MAX_FRAME, NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_NONE, NET_HDR_GSO_TCPV4,
+    NET_HDR_LEN, PAGE_SIZE, PoolLayout, RX_QUEUE, TSO_BUF_SIZE, TSO_BUF_SLOTS, TX_QUEUE, Violation,
+    features, phy, regs, status,
 };
 use crate::metrics::METRICS;
 use crate::shared::{IoPorts, SharedMem};
@@ -36,6 +37,13 @@ pub struct Config {
     /// costs no security: the host can forge any frame with a valid checksum;
     /// integrity against it comes from TLS).
     pub rx_checksum_offload: bool,
+    /// TCP segmentation offload: if the device offers `VIRTIO_NET_F_HOST_TSO4`
+    /// (and TX checksum offload is on), this many [`TSO_BUF_SIZE`] TX buffers
+    /// replace [`TSO_BUF_SLOTS`] small TX buffers each (the pool use stays
+    /// the same), and the stack hands the device TCP segments of up to 64 KiB
+    /// to cut into MSS-sized frames: one frame to build, post and complete
+    /// instead of up to 44. 0: no TSO.
+    pub tso_buffers: u16,
 }
 
 impl Default for Config {
@@ -46,6 +54,7 @@ impl Default for Config {
             rx_private_frames: 32,
             tx_checksum_offload: true,
             rx_checksum_offload: true,
+            tso_buffers: 0,
         }
     }
 }
@@ -71,6 +80,10 @@ pub struct DriverStats {
     /// TX queue notifications (register writes).
     pub tx_notifies: u64,
 }
+
+/// Offset of the checksum field in a TCP header (what `csum_offset` is for a
+/// TCP segment; TSO is only asked for those).
+const IP_TCP_CSUM_OFFSET: u16 = 16;
 
 /// Counts violations and logs the first of each kind.
 #[derive(Debug, Default)]
@@ -198,8 +211,17 @@ pub(crate) struct TxPath {
     queue: Queue,
     /// Pool offset of slot 0.
     bufs: usize,
-    /// Slots we own.
+    /// Slots below this are small (`BUF_SIZE`) buffers; the rest are TSO
+    /// buffers.
+    small: u16,
+    /// Pool offset of TSO buffer 0 (slot `small`).
+    tso_bufs: usize,
+    /// Small slots we own.
     free: Vec<u16>,
+    /// TSO slots we own.
+    tso_free: Vec<u16>,
+    /// TSO in use (`VIRTIO_NET_F_HOST_TSO4` negotiated, TSO buffers laid out).
+    pub(crate) tso: bool,
     /// `VIRTIO_NET_F_CSUM` negotiated: fill `NEEDS_CSUM` headers.
     pub(crate) offload: bool,
     /// `VIRTIO_NET_F_GUEST_CSUM` negotiated: received frames may carry
@@ -220,24 +242,34 @@ pub(crate) struct TxPath {
 impl TxPath {
     /// Takes back every TX buffer the device validly completed.
     pub(crate) fn reclaim<M: SharedMem>(&mut self, mem: &M) {
-        let free = &mut self.free;
+        let (free, tso_free, small) = (&mut self.free, &mut self.tso_free, self.small);
+        let mut give_back = |slot: u16| {
+            if slot < small {
+                free.push(slot);
+            } else {
+                tso_free.push(slot);
+            }
+        };
         let guard = &mut self.guard;
         self.queue.harvest(mem, usize::MAX, |u| match u {
-            Used::Done { slot, .. } => free.push(slot),
+            Used::Done { slot, .. } => give_back(slot),
             Used::Reclaimed { slot, violation } => {
                 guard.report(violation);
-                free.push(slot);
+                give_back(slot);
             }
             Used::Refused(violation) => guard.report(violation),
         });
     }
 
-    /// Whether a shared buffer is free (reclaiming first if none is).
+    /// Whether a frame of any size the stack may build can be sent: a small
+    /// buffer is free and, with TSO, a TSO buffer too (reclaiming first if
+    /// not). smoltcp asks for the right to send before it knows the size, so
+    /// saying yes without a TSO buffer would drop its next large segment.
     pub(crate) fn has_free<M: SharedMem>(&mut self, mem: &M) -> bool {
-        if self.free.is_empty() {
+        if self.free.is_empty() || (self.tso && self.tso_free.is_empty()) {
             self.reclaim(mem);
         }
-        !self.free.is_empty()
+        !self.free.is_empty() && (!self.tso || !self.tso_free.is_empty())
     }
 
     /// Counts a transmit attempt that found the ring full.
@@ -248,16 +280,23 @@ impl TxPath {
 
     /// Builds one `len`-byte frame with `f` directly in a free shared TX
     /// buffer, writes its virtio-net header and posts it (published at once,
-    /// notified at the next [`VirtioNet::flush`]). Without a free buffer (or
-    /// for an oversized frame, a stack bug) the frame is built in private
-    /// scratch memory and dropped.
+    /// notified at the next [`VirtioNet::flush`]). `segment` is the TSO
+    /// segment size smoltcp asked for (a TCP segment larger than the MTU,
+    /// built in a TSO buffer; the header tells the device to cut it).
+    /// Without a suitable free buffer (or for an oversized frame, a stack
+    /// bug) the frame is built in private scratch memory and dropped.
     pub(crate) fn send<M: SharedMem, R>(
         &mut self,
         mem: &mut M,
         len: usize,
+        segment: Option<u16>,
         f: impl FnOnce(&mut [u8]) -> R,
     ) -> R {
-        if len > BUF_SIZE - NET_HDR_LEN {
+        // Segmentation only where it was negotiated (smoltcp asks for it only
+        // when the device capabilities offered it).
+        let segment = segment.filter(|_| self.tso);
+        let large = len > BUF_SIZE - NET_HDR_LEN;
+        if large && (segment.is_none() || len > TSO_BUF_SIZE - NET_HDR_LEN) {
             warn!("virtio-net: stack asked for a {len}-byte frame, dropped");
             return self.drop_frame(len, f);
         }
@@ -265,15 +304,30 @@ impl TxPath {
             self.count_full();
             return self.drop_frame(len, f);
         }
-        let Some(slot) = self.free.pop() else {
-            return self.drop_frame(len, f);
+        let (slot, off) = if large {
+            let Some(slot) = self.tso_free.pop() else {
+                return self.drop_frame(len, f);
+            };
+            let i = usize::from(slot - self.small);
+            (slot, self.tso_bufs + i * TSO_BUF_SIZE)
+        } else {
+            let Some(slot) = self.free.pop() else {
+                return self.drop_frame(len, f);
+            };
+            (slot, self.bufs + usize::from(slot) * BUF_SIZE)
         };
-        let off = self.bufs + usize::from(slot) * BUF_SIZE;
         let offload = self.offload;
         let (r, csum) = mem.fill(off + NET_HDR_LEN, len, |frame| {
             let r = f(frame);
             let csum = if offload {
-                phy::prepare_tx_checksum(frame)
+                phy::prepare_tx_checksum(frame).map(|(start, offset)| {
+                    // TCP data offset (header length in 32-bit words); the
+                    // frame is ours, `prepare_tx_checksum` checked its bounds.
+                    let tcp_hdr = frame
+                        .get(usize::from(start) + 12)
+                        .map_or(20, |b| u16::from(b >> 4) * 4);
+                    (start, offset, start + tcp_hdr)
+                })
             } else {
                 None
             };
@@ -281,14 +335,31 @@ impl TxPath {
         });
         let mut hdr = [0u8; NET_HDR_LEN];
         hdr[1] = NET_HDR_GSO_NONE;
-        if let Some((start, offset)) = csum {
+        if let Some((start, offset, headers)) = csum {
             hdr[0] = NET_HDR_F_NEEDS_CSUM;
             hdr[6..8].copy_from_slice(&start.to_le_bytes());
             hdr[8..10].copy_from_slice(&offset.to_le_bytes());
+            if let (Some(mss), IP_TCP_CSUM_OFFSET) = (segment, offset) {
+                hdr[1] = NET_HDR_GSO_TCPV4;
+                hdr[2..4].copy_from_slice(&headers.to_le_bytes());
+                hdr[4..6].copy_from_slice(&mss.to_le_bytes());
+            }
+        }
+        if segment.is_some() && hdr[1] != NET_HDR_GSO_TCPV4 {
+            // Not a TCP/IPv4 segment the device can cut: it would be an
+            // oversized frame on the wire. Cannot happen with smoltcp (it
+            // only asks for TSO on TCP); give the buffer back.
+            warn!("virtio-net: {len}-byte frame is not TSO-able, dropped");
+            if large {
+                self.tso_free.push(slot);
+            } else {
+                self.free.push(slot);
+            }
+            return r;
         }
         mem.write_bytes(off, &hdr);
         let addr = mem.device_addr(off);
-        // `len + 10 ≤ BUF_SIZE` fits in u32.
+        // `len + 10 ≤ TSO_BUF_SIZE` fits in u32.
         let total = (NET_HDR_LEN + len) as u32;
         if self
             .queue
@@ -301,8 +372,10 @@ impl TxPath {
             METRICS.tx_packets.inc();
             METRICS.tx_bytes.add(len as u64);
             METRICS.tx_copy_bytes.add(len as u64);
-        } else {
+        } else if large {
             // Unreachable (free slots are never device-owned); keep the slot.
+            self.tso_free.push(slot);
+        } else {
             self.free.push(slot);
         }
         r
@@ -432,7 +505,14 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         if config.rx_checksum_offload {
             wanted |= features::NET_F_GUEST_CSUM;
         }
-        let negotiated = offered & wanted;
+        if config.tso_buffers > 0 && config.tx_checksum_offload {
+            wanted |= features::NET_F_HOST_TSO4;
+        }
+        let mut negotiated = offered & wanted;
+        // TSO needs TX checksum offload (virtio 1.2 §5.1.3.1).
+        if negotiated & features::NET_F_CSUM == 0 {
+            negotiated &= !features::NET_F_HOST_TSO4;
+        }
         io.write32(regs::GUEST_FEATURES, negotiated);
 
         let mut mac = [0u8; 6];
@@ -459,9 +539,26 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         let chained = negotiated & features::F_ANY_LAYOUT == 0;
         let cap = |size: u16| if chained { size / 2 } else { size }.max(1);
         let rx_n = config.rx_buffers.min(cap(sizes[0]));
-        let tx_n = config.tx_buffers.min(cap(sizes[1]));
-        let layout =
-            PoolLayout::new(start, sizes[0], sizes[1], rx_n, tx_n).ok_or(InitError::BadRange)?;
+        // With TSO, each TSO buffer takes the room of TSO_BUF_SLOTS small
+        // ones (an even number stays, so the TSO buffers start page aligned
+        // and the pool use does not grow). At least 16 small buffers remain
+        // (ACKs, HTTP), else no TSO.
+        let tso_room = config.tso_buffers.saturating_mul(TSO_BUF_SLOTS);
+        let tso_n = if negotiated & features::NET_F_HOST_TSO4 != 0
+            && config.tx_buffers >= tso_room.saturating_add(16)
+        {
+            config.tso_buffers
+        } else {
+            0
+        };
+        let small_n = if tso_n > 0 {
+            (config.tx_buffers - tso_room) & !1
+        } else {
+            config.tx_buffers
+        };
+        let tx_n = small_n.min(cap(sizes[1]).saturating_sub(tso_n)).max(1);
+        let layout = PoolLayout::new(start, sizes[0], sizes[1], rx_n, tx_n, tso_n)
+            .ok_or(InitError::BadRange)?;
         if layout.end > end {
             return Err(InitError::PoolTooSmall {
                 needed: layout.bytes(),
@@ -509,7 +606,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
             TX_QUEUE,
             layout.tx_ring,
             layout.tx_ring_layout,
-            tx_n,
+            tx_n + tso_n,
             chained,
             0,
         );
@@ -533,7 +630,11 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
             notifies: 0,
         };
         let tx = TxPath {
-            free: (0..txq.slots()).rev().collect(),
+            free: (0..tx_n).rev().collect(),
+            tso_free: (tx_n..tx_n + tso_n).rev().collect(),
+            small: tx_n,
+            tso_bufs: layout.tso_bufs,
+            tso: tso_n > 0,
             queue: txq,
             bufs: layout.tx_bufs,
             offload: negotiated & features::NET_F_CSUM != 0,
@@ -568,6 +669,12 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
     /// negotiated: TCP/UDP checksums of received frames are not verified.
     pub fn rx_checksum_offload(&self) -> bool {
         self.tx.rx_offload
+    }
+
+    /// Whether TCP segmentation offload is in use (`VIRTIO_NET_F_HOST_TSO4`
+    /// negotiated and TSO buffers laid out).
+    pub fn tso(&self) -> bool {
+        self.tx.tso
     }
 
     /// Where rings and buffers are in the pool.
@@ -782,7 +889,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
             self.tx.count_full();
             return None;
         }
-        Some(self.tx.send(&mut self.mem, len, f))
+        Some(self.tx.send(&mut self.mem, len, None, f))
     }
 
     /// Takes the oldest received frame (harvesting first if none is queued)
@@ -852,6 +959,7 @@ pub(crate) mod tests {
             rx_private_frames: private,
             tx_checksum_offload: csum,
             rx_checksum_offload: false,
+            tso_buffers: 0,
         }
     }
 
@@ -868,9 +976,12 @@ pub(crate) mod tests {
             sizes[1],
             config.rx_buffers,
             config.tx_buffers,
+            0,
         )
         .unwrap();
-        let end = layout.end;
+        // With TSO the small TX buffers make room for the TSO ones; the page
+        // alignment before them may need one more page.
+        let end = layout.end + PAGE_SIZE * usize::from(config.tso_buffers > 0);
         let drv = VirtioNet::new(mem.clone(), dev.clone(), start, end, config).unwrap();
         for q in 0..2 {
             let (base, l) = dev.ring(q);
