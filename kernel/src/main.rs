@@ -160,6 +160,11 @@ mod kmain {
     fn panic(info: &PanicInfo<'_>) -> ! {
         crate::sev::wipe_secrets();
         serial::print_unlocked(format_args!("\nvellum: PANIC: {info}\n"));
+        // TLS keys and session state live on the heap: gone before the guest
+        // stops (the message above may point into it, so it goes first).
+        // SAFETY: nothing below touches the heap, and the handler never
+        // returns; Vellum runs one CPU without interrupts.
+        unsafe { heap::wipe() };
         crate::sev::terminate_if_snp(vellum_boot::snp::msr_protocol::TerminateReason::GENERAL);
         // isa-debug-exit, when QEMU has it: status 0x11 makes QEMU exit with 35.
         arch::port::ports().outb(0xF4, 0x11);
