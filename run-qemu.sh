@@ -22,6 +22,10 @@ USAGE: ./run-qemu.sh [options] [-- extra QEMU args]
   --https-port P       host 127.0.0.1:P -> guest :443   (default 8443)
   --tls-echo-port P    host 127.0.0.1:P -> guest :7443  (default 7443)
   --no-net             no network device
+  --tap IFNAME         virtio-net on an existing tap device instead of user
+                       networking (no port forwards: reach the guest at its
+                       address, 10.0.2.15 without DHCP). QEMU offers checksum
+                       offload and TSO there. Needs access to /dev/net/tun.
   --cpu MODEL          QEMU -cpu model (default: max under TCG, host under KVM,
                        EPYC-v4 under SNP)
   --cbitpos N          SNP C-bit position (default 51)
@@ -38,7 +42,7 @@ status 33 for a clean test exit, 35 after a kernel panic.
 USAGE
 }
 
-MEM=32M TIMEOUT="" PRINT=0 BUILD=1 IMAGE=target/vellum.bin KVM=0 SNP=0 NET=1 CPU=""
+MEM=32M TIMEOUT="" PRINT=0 BUILD=1 IMAGE=target/vellum.bin KVM=0 SNP=0 NET=1 CPU="" TAP=""
 HTTP=8080 ECHO=8007 HTTPS=8443 TLSECHO=7443 CBITPOS=51 POLICY=0x30000 IDARGS="" IDKEY="" AUTHORKEY=""
 EXTRA=()
 while [ $# -gt 0 ]; do
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
     --https-port) HTTPS=$2; shift;;
     --tls-echo-port) TLSECHO=$2; shift;;
     --no-net) NET=0;;
+    --tap) TAP=$2; shift;;
     --cpu) CPU=$2; shift;;
     --cbitpos) CBITPOS=$2; shift;;
     --policy) POLICY=$2; shift;;
@@ -90,7 +95,9 @@ elif [ $KVM = 1 ]; then
 else
   cmd+=(-accel tcg -cpu "${CPU:-max}" -device isa-debug-exit,iobase=0xf4,iosize=0x04)
 fi
-if [ $NET = 1 ]; then
+if [ $NET = 1 ] && [ -n "$TAP" ]; then
+  cmd+=(-netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no" -device virtio-net-pci,netdev=n0,disable-modern=on)
+elif [ $NET = 1 ]; then
   fwd="hostfwd=tcp:127.0.0.1:$HTTP-:80,hostfwd=tcp:127.0.0.1:$ECHO-:7"
   fwd+=",hostfwd=tcp:127.0.0.1:$HTTPS-:443,hostfwd=tcp:127.0.0.1:$TLSECHO-:7443"
   cmd+=(-netdev "user,id=n0,restrict=on,$fwd" -device virtio-net-pci,netdev=n0,disable-modern=on)

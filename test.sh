@@ -13,7 +13,7 @@ QUICK=0
 
 # shellcheck source=scripts/setup.sh
 . scripts/setup.sh
-VELLUM_SETUP_NEED="qemu curl openssl python" vellum_setup
+VELLUM_SETUP_NEED="qemu curl openssl python iproute" vellum_setup
 
 BARE=(--target x86_64-vellum.json -Zbuild-std=core,alloc
       -Zbuild-std-features=compiler-builtins-mem -Zjson-target-spec)

@@ -2,7 +2,7 @@
 # what Vellum needs, installing it when we are root, and otherwise saying
 # exactly what to install. Idempotent and quiet when everything is there.
 #
-#   VELLUM_SETUP_NEED="qemu curl openssl python wrk"   (default: qemu)
+#   VELLUM_SETUP_NEED="qemu curl openssl python wrk iproute"   (default: qemu)
 
 vellum_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -53,6 +53,8 @@ vellum_setup() {
   case " $need " in *" openssl "*) command -v openssl >/dev/null || pkgs+=(openssl);; esac
   case " $need " in *" python "*) python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv);; esac
   case " $need " in *" wrk "*) command -v wrk >/dev/null || pkgs+=(wrk);; esac
+  # `ip` for the guest test on a tap device in a private namespace.
+  case " $need " in *" iproute "*) command -v ip >/dev/null || pkgs+=(iproute2);; esac
   if [ ${#pkgs[@]} -gt 0 ]; then vellum_apt "${pkgs[@]}" || return 1; fi
   return 0
 }

@@ -52,6 +52,86 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     core::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
 }
 
+/// A private network namespace holding one tap device (`TapNs::TAP`, host
+/// side 10.0.2.2/24), for a guest on the path the benchmarks use, where QEMU
+/// offers checksum offload and TSO. Needs root and `/dev/net/tun`; removed on
+/// drop (with everything in it).
+#[derive(Debug)]
+pub struct TapNs {
+    /// Namespace name (per test process and instance).
+    pub name: String,
+}
+
+impl TapNs {
+    /// The tap device's name inside the namespace.
+    pub const TAP: &'static str = "vtap0";
+    /// The guest's address there (the static fallback; no DHCP server).
+    pub const GUEST: &'static str = "10.0.2.15";
+
+    /// Creates the namespace and the tap device; `Err` says why not (not
+    /// root, no `ip`, no tun device, namespaces not allowed).
+    pub fn create(tag: &str) -> Result<TapNs, String> {
+        let ns = TapNs {
+            name: format!("vellum-{tag}-{}", std::process::id()),
+        };
+        let steps: [&[&str]; 5] = [
+            &["ip", "netns", "add", &ns.name],
+            &[
+                "ip",
+                "-n",
+                &ns.name,
+                "tuntap",
+                "add",
+                "dev",
+                Self::TAP,
+                "mode",
+                "tap",
+            ],
+            &[
+                "ip",
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                "10.0.2.2/24",
+                "dev",
+                Self::TAP,
+            ],
+            &["ip", "-n", &ns.name, "link", "set", Self::TAP, "up"],
+            &["ip", "-n", &ns.name, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let out = Command::new(step[0])
+                .args(&step[1..])
+                .output()
+                .map_err(|e| format!("{}: {e}", step.join(" ")))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{}: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(ns)
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for TapNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 /// What QEMU prints when a forwarded host port is already taken.
 const PORT_TAKEN: &str = "Could not set up host forwarding rule";
 
@@ -133,15 +213,40 @@ impl Guest {
                 file.display()
             ));
         }
-        let script = root().join("run-qemu.sh");
+        Guest::spawn(&[], args, [http, echo, https, tls_echo])
+    }
+
+    /// Starts the image on tap device `tap` inside network namespace `ns`
+    /// (see [`TapNs`]); does not wait. No port forwards: the guest is at
+    /// [`TapNs::GUEST`].
+    pub fn start_on_tap(ns: &TapNs, extra: &[&str]) -> Guest {
+        let mut args: Vec<String> = vec![
+            "--image".into(),
+            image().display().to_string(),
+            "--timeout".into(),
+            "900".into(),
+            "--tap".into(),
+            TapNs::TAP.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let prefix = ["ip", "netns", "exec", ns.name.as_str()];
+        Guest::spawn(&prefix, args, [80, 7, 443, 7443])
+    }
+
+    /// Runs `prefix… run-qemu.sh args…` under the watchdog.
+    fn spawn(prefix: &[&str], args: Vec<String>, ports: [u16; 4]) -> Guest {
+        let [http, echo, https, tls_echo] = ports;
+        let script = root().join("run-qemu.sh").display().to_string();
+        let mut argv: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        argv.push(script);
+        argv.extend(args);
         // Watchdog: QEMU in the background, then wait for stdin to close and
         // kill the whole (new) process group.
         let mut child = Command::new("setsid")
             .arg("bash")
             .arg("-c")
             .arg(WATCHDOG)
-            .arg(script)
-            .args(&args)
+            .args(&argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

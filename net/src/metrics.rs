@@ -57,6 +57,8 @@ pub struct Metrics {
     pub register_exits: Counter,
     /// TX attempts that found the ring full (the stack got `Exhausted`).
     pub tx_ring_full: Counter,
+    /// Of `tx_packets`: TCP segments handed to the device to cut (TSO).
+    pub tx_tso_frames: Counter,
     /// HTTP requests answered.
     pub http_requests: Counter,
     /// HTTP requests answered with a 4xx status.
@@ -78,6 +80,7 @@ pub static METRICS: Metrics = Metrics {
     ring_violations: Counter::new(),
     register_exits: Counter::new(),
     tx_ring_full: Counter::new(),
+    tx_tso_frames: Counter::new(),
     http_requests: Counter::new(),
     http_client_errors: Counter::new(),
     tcp_accepted: Counter::new(),

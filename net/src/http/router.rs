@@ -110,7 +110,7 @@ pub fn render_metrics(
 ) {
     let m = &METRICS;
     let mut w = MetricsWriter::new(out);
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 14] = [
         (
             "rx_packets",
             "Frames received from the device.",
@@ -147,6 +147,11 @@ pub fn render_metrics(
             "tx_ring_full",
             "Transmit attempts that found the ring full.",
             m.tx_ring_full.get(),
+        ),
+        (
+            "tx_tso_frames",
+            "TCP segments of up to 64 KiB handed to the device to cut (TSO).",
+            m.tx_tso_frames.get(),
         ),
         (
             "http_requests",

@@ -372,6 +372,9 @@ impl TxPath {
             METRICS.tx_packets.inc();
             METRICS.tx_bytes.add(len as u64);
             METRICS.tx_copy_bytes.add(len as u64);
+            if hdr[1] == NET_HDR_GSO_TCPV4 {
+                METRICS.tx_tso_frames.inc();
+            }
         } else if large {
             // Unreachable (free slots are never device-owned); keep the slot.
             self.tso_free.push(slot);

@@ -664,6 +664,7 @@ mod tests {
             .connect(ia.context(), (IpAddress::v4(10, 0, 0, 2), 7), 49152)
             .unwrap();
         const TOTAL: usize = 2 * 1024 * 1024;
+        let counted = crate::metrics::METRICS.tx_tso_frames.get();
         let data: Vec<u8> = (0..TOTAL).map(|i| (i * 13 % 251) as u8).collect();
         let (mut sent, mut echoed) = (0usize, Vec::new());
         let (mut tso_frames, mut largest) = (0, 0);
@@ -720,6 +721,8 @@ mod tests {
         assert!(echoed == data);
         assert!(tso_frames > 20, "A sent {tso_frames} TSO frames");
         assert!(largest > 16 * 1024, "largest TSO frame {largest} bytes");
+        // Counted on /metrics (other tests may add to the global counter).
+        assert!(crate::metrics::METRICS.tx_tso_frames.get() - counted >= tso_frames as u64);
         for r in [&a, &b] {
             assert_eq!(r.drv.stats().ring_violations, 0);
             check_invariants(r);
