@@ -149,6 +149,12 @@ pub const POOL_END: u64 = POOL_BASE + POOL_SIZE;
 pub const KERNEL_BASE: u64 = 0x20_0000;
 /// Kernel segments plus stack must end below this.
 pub const KERNEL_LIMIT: u64 = 0x100_0000;
+/// Page offset the kernel's linker script gives ring's stitched AES-GCM code
+/// (`_aesni_ctr32_ghash_6x` first): the placement at which it runs fast
+/// under QEMU's TCG (see `kernel/build.rs`); checked by `image build`.
+pub const KERNEL_AES_GCM_PAGE_OFFSET: u64 = 0xac0;
+/// The symbol whose address carries that offset.
+pub const KERNEL_AES_GCM_SYMBOL: &str = "_aesni_ctr32_ghash_6x";
 
 /// The boot page tables identity-map this much (2 MiB pages).
 pub const IDENTITY_MAPPED_END: u64 = BOOT_PD_COUNT << 30;

@@ -198,6 +198,22 @@ pub fn read_kernel(data: &[u8]) -> Result<Kernel, ElfError> {
     if header.count == 0 {
         return Err(ElfError::Parse("kernel has no loadable segments".into()));
     }
+    // The linker script pins ring's stitched AES-GCM code to a page offset
+    // (its emulated speed depends on it; see kernel/build.rs). A kernel
+    // without the symbol (a test ELF, another crypto back end) is fine.
+    if let Some(at) = elf
+        .symbols()
+        .find(|s| s.name() == Ok(layout::KERNEL_AES_GCM_SYMBOL))
+        .map(|s| s.address())
+        && at % layout::PAGE_SIZE != layout::KERNEL_AES_GCM_PAGE_OFFSET
+    {
+        return Err(ElfError::Layout(format!(
+            "{} at {at:#x}: page offset {:#x}, the linker script asks for {:#x}",
+            layout::KERNEL_AES_GCM_SYMBOL,
+            at % layout::PAGE_SIZE,
+            layout::KERNEL_AES_GCM_PAGE_OFFSET
+        )));
+    }
     let mut payload_bytes = vec![0u8; header.table_len()];
     for (i, bytes) in parts.iter().enumerate() {
         let off = payload_bytes.len().next_multiple_of(16);

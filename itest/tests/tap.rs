@@ -1,7 +1,8 @@
-//! The guest on a tap device, the path the benchmarks take: QEMU offers TX
-//! checksum offload and TSO there (not on user networking), so this is where
-//! the driver's TSO buffers and GSO headers meet QEMU and the host kernel,
-//! which cuts the segments. Needs root and `/dev/net/tun` (CI runs as root);
+//! The guest on a tap device, the path the benchmarks take: QEMU offers
+//! checksum offload, TSO and large receive there (not on user networking),
+//! so this is where the driver's TSO buffers, GSO headers and merged receive
+//! buffers meet QEMU and the host kernel, which cuts our segments and hands
+//! us its own whole. Needs root and `/dev/net/tun` (CI runs as root);
 //! elsewhere the test says why it did not run.
 
 use std::time::Duration;
@@ -31,11 +32,13 @@ print("ok" if bytes(got) == data else "differ", len(got))
 "#;
 
 #[test]
-fn echo_over_tap_goes_out_as_tso_segments() {
+fn echo_over_tap_moves_whole_tcp_segments_both_ways() {
     let ns = match TapNs::create("tap") {
         Ok(ns) => ns,
         Err(why) => {
-            eprintln!("SKIPPED echo_over_tap_goes_out_as_tso_segments: no tap device ({why})");
+            eprintln!(
+                "SKIPPED echo_over_tap_moves_whole_tcp_segments_both_ways: no tap device ({why})"
+            );
             return;
         }
     };
@@ -43,8 +46,8 @@ fn echo_over_tap_goes_out_as_tso_segments() {
     g.wait_for("vellum ready", Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        g.log().contains("tso true"),
-        "QEMU's tap backend offers TSO; the driver should use it:\n{}",
+        g.log().contains("tso true, large receive true"),
+        "QEMU's tap backend offers TSO and large receive; the driver should use both:\n{}",
         g.log()
     );
     let n = 8 << 20;
@@ -82,7 +85,20 @@ fn echo_over_tap_goes_out_as_tso_segments() {
     // ~5,700 MSS-sized ones it would take, most of the bytes in TSO frames.
     assert!(tso >= 64, "TSO frames: {tso}");
     assert!(tx_packets < 4_000, "TX frames: {tx_packets} (TSO {tso})");
+    // The host's segments to us come whole too (the host kernel's TSO/GRO
+    // through the tap), gathered from several receive buffers.
+    let merged = value("vellum_rx_merged_frames_total");
+    assert!(merged >= 64, "merged RX frames: {merged}");
+    assert!(
+        value("vellum_rx_packets_total") < 4_000,
+        "RX frames: {} (merged {merged})",
+        value("vellum_rx_packets_total")
+    );
     assert_eq!(value("vellum_ring_violations_total"), 0);
+    assert_eq!(
+        value("vellum_rx_copy_bytes_total"),
+        value("vellum_rx_bytes_total")
+    );
     assert_eq!(
         value("vellum_tx_copy_bytes_total"),
         value("vellum_tx_bytes_total")

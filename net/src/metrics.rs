@@ -59,6 +59,9 @@ pub struct Metrics {
     pub tx_ring_full: Counter,
     /// Of `tx_packets`: TCP segments handed to the device to cut (TSO).
     pub tx_tso_frames: Counter,
+    /// Of `rx_packets`: frames gathered from several receive buffers (large
+    /// receive).
+    pub rx_merged_frames: Counter,
     /// HTTP requests answered.
     pub http_requests: Counter,
     /// HTTP requests answered with a 4xx status.
@@ -81,6 +84,7 @@ pub static METRICS: Metrics = Metrics {
     register_exits: Counter::new(),
     tx_ring_full: Counter::new(),
     tx_tso_frames: Counter::new(),
+    rx_merged_frames: Counter::new(),
     http_requests: Counter::new(),
     http_client_errors: Counter::new(),
     tcp_accepted: Counter::new(),

@@ -110,7 +110,7 @@ pub fn render_metrics(
 ) {
     let m = &METRICS;
     let mut w = MetricsWriter::new(out);
-    let counters: [(&str, &str, u64); 14] = [
+    let counters: [(&str, &str, u64); 15] = [
         (
             "rx_packets",
             "Frames received from the device.",
@@ -152,6 +152,11 @@ pub fn render_metrics(
             "tx_tso_frames",
             "TCP segments of up to 64 KiB handed to the device to cut (TSO).",
             m.tx_tso_frames.get(),
+        ),
+        (
+            "rx_merged_frames",
+            "Frames of up to 64 KiB gathered from several receive buffers.",
+            m.rx_merged_frames.get(),
         ),
         (
             "http_requests",

@@ -96,6 +96,12 @@ pub mod features {
     pub const NET_F_GUEST_CSUM: u32 = 1 << 1;
     /// Device has a MAC address in its configuration.
     pub const NET_F_MAC: u32 = 1 << 5;
+    /// Driver accepts TCPv4 segments larger than the MTU (large receive;
+    /// needs `NET_F_GUEST_CSUM`).
+    pub const NET_F_GUEST_TSO4: u32 = 1 << 7;
+    /// Driver merges receive buffers: one frame may span several, the first
+    /// one's header says how many (`num_buffers`); the header is 12 bytes.
+    pub const NET_F_MRG_RXBUF: u32 = 1 << 15;
     /// Device accepts TCPv4 segmentation offload (TSO) frames (needs
     /// `NET_F_CSUM`).
     pub const NET_F_HOST_TSO4: u32 = 1 << 11;
@@ -117,6 +123,15 @@ pub const NET_HDR_GSO_NONE: u8 = 0;
 /// `virtio_net_hdr.gso_type`: a TCPv4 frame the device segments into
 /// `gso_size`-byte segments (TSO).
 pub const NET_HDR_GSO_TCPV4: u8 = 1;
+/// The legacy header with `VIRTIO_NET_F_MRG_RXBUF`: `num_buffers` (u16)
+/// follows, 12 bytes in both directions.
+pub const NET_HDR_MRG_LEN: usize = 12;
+/// Largest frame accepted from merged receive buffers: an IPv4 datagram's
+/// 65,535 bytes behind a 14-byte Ethernet header.
+pub const MAX_LARGE_FRAME: usize = 65_535 + 14;
+/// Most receive buffers one frame may span: enough for header and
+/// [`MAX_LARGE_FRAME`] in `BUF_SIZE` buffers.
+pub const MAX_MERGE: u16 = MAX_LARGE_FRAME.div_ceil(BUF_SIZE) as u16 + 1;
 /// A TSO transmit buffer: header + one frame of up to 64 KiB (an IPv4
 /// datagram's 65,535 bytes bound it anyway). Page aligned and contiguous.
 pub const TSO_BUF_SIZE: usize = 64 * 1024;
@@ -232,6 +247,15 @@ pub enum Violation {
         /// `gso_type`.
         gso_type: u8,
     },
+    /// A merged receive frame (`VIRTIO_NET_F_MRG_RXBUF`) whose
+    /// `num_buffers` is 0 or above [`MAX_MERGE`], or whose buffers add up to
+    /// more than [`MAX_LARGE_FRAME`], or that a refused completion cut short.
+    RxMerge {
+        /// `num_buffers` of its first buffer.
+        num_buffers: u16,
+        /// Frame bytes gathered when it was refused.
+        bytes: usize,
+    },
 }
 
 impl Violation {
@@ -244,6 +268,7 @@ impl Violation {
             Violation::LengthTooLong { .. } => 3,
             Violation::LengthTooShort { .. } => 4,
             Violation::RxHeader { .. } => 5,
+            Violation::RxMerge { .. } => 6,
         }
     }
 }
@@ -801,8 +826,74 @@ pub(crate) mod fake {
             Some(head)
         }
 
+        /// The header length the driver negotiated (12 with `MRG_RXBUF`).
+        pub(crate) fn hdr_len(&self) -> usize {
+            if self.st.borrow().guest_features & super::features::NET_F_MRG_RXBUF != 0 {
+                super::NET_HDR_MRG_LEN
+            } else {
+                NET_HDR_LEN
+            }
+        }
+
+        /// Delivers one frame over as many receive buffers as it needs
+        /// (`MRG_RXBUF`): the first gets the 12-byte header with
+        /// `num_buffers` (or `num_buffers` as given, to lie), the rest frame
+        /// bytes only; all used entries are published together, as QEMU
+        /// does. `None` if the ring has too few buffers (nothing taken).
+        pub(crate) fn inject_rx_merged(
+            &self,
+            flags: u8,
+            gso_type: u8,
+            frame: &[u8],
+            num_buffers: Option<u16>,
+        ) -> Option<usize> {
+            let mut data = vec![0u8; super::NET_HDR_MRG_LEN];
+            data[0] = flags;
+            data[1] = gso_type;
+            data.extend_from_slice(frame);
+            let need = data.len().div_ceil(super::BUF_SIZE);
+            let (base, l) = self.ring(0);
+            let avail_idx = self.mem.peek_u16(base + l.avail + 2);
+            let taken = self.st.borrow().queues[0].last_avail;
+            if usize::from(avail_idx.wrapping_sub(taken)) < need {
+                return None;
+            }
+            let n = num_buffers.unwrap_or(need as u16);
+            data[10..12].copy_from_slice(&n.to_le_bytes());
+            let mut done = 0;
+            let mut entries = Vec::new();
+            for _ in 0..need {
+                let head = self.pop_avail(0)?;
+                let mut wrote = 0;
+                for (off, seg_len, _) in self.chain(0, head) {
+                    let k = seg_len.min(data.len() - done);
+                    self.mem.device_write_bytes(off, &data[done..done + k]);
+                    done += k;
+                    wrote += k;
+                }
+                entries.push((head, wrote as u32));
+            }
+            let (base, l) = self.ring(0);
+            let mut idx = 0;
+            for (head, len) in entries {
+                let mut st = self.st.borrow_mut();
+                st.held[0].remove(&head);
+                let fq = &mut st.queues[0];
+                let pos = usize::from(fq.used_idx & (fq.size - 1));
+                fq.used_idx = fq.used_idx.wrapping_add(1);
+                idx = fq.used_idx;
+                drop(st);
+                self.mem
+                    .device_write_u32(base + l.used + 4 + 8 * pos, u32::from(head));
+                self.mem.device_write_u32(base + l.used + 8 + 8 * pos, len);
+            }
+            self.mem.device_write_u16(base + l.used + 2, idx);
+            Some(need)
+        }
+
         /// Consumes the TX avail ring (what a notify of queue 1 triggers).
         pub(crate) fn process_tx(&self) {
+            let hdr_len = self.hdr_len();
             while let Some(head) = self.pop_avail(1) {
                 let mut data = Vec::new();
                 for (off, len, flags) in self.chain(1, head) {
@@ -811,13 +902,16 @@ pub(crate) mod fake {
                     }
                     data.extend_from_slice(&self.mem.peek(off, len));
                 }
-                if data.len() < NET_HDR_LEN {
+                if data.len() < hdr_len {
                     self.error(format!("tx head {head}: no header"));
                     continue;
                 }
                 let mut hdr = [0u8; NET_HDR_LEN];
                 hdr.copy_from_slice(&data[..NET_HDR_LEN]);
-                let mut frame = data[NET_HDR_LEN..].to_vec();
+                if data[NET_HDR_LEN..hdr_len].iter().any(|b| *b != 0) {
+                    self.error(format!("tx head {head}: num_buffers not 0"));
+                }
+                let mut frame = data[hdr_len..].to_vec();
                 if hdr[0] & NET_HDR_F_NEEDS_CSUM != 0 && self.st.borrow().apply_csum {
                     let start = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
                     let at = start + usize::from(u16::from_le_bytes([hdr[8], hdr[9]]));

@@ -1,6 +1,7 @@
 //! The virtio-net driver: legacy initialisation over `IoPorts`, RX copy-out with
 //! batched re-posting, in-place TX with one notify per batch.
 
+use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -8,9 +9,9 @@ use log::warn;
 
 use super::queue::{Queue, Used};
 use super::{
-    BUF_SIZE, InitError, MAX_FRAME, NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_NONE, NET_HDR_GSO_TCPV4,
-    NET_HDR_LEN, PAGE_SIZE, PoolLayout, RX_QUEUE, TSO_BUF_SIZE, TSO_BUF_SLOTS, TX_QUEUE, Violation,
-    features, phy, regs, status,
+    BUF_SIZE, InitError, MAX_FRAME, MAX_LARGE_FRAME, MAX_MERGE, NET_HDR_F_NEEDS_CSUM,
+    NET_HDR_GSO_NONE, NET_HDR_GSO_TCPV4, NET_HDR_LEN, NET_HDR_MRG_LEN, PAGE_SIZE, PoolLayout,
+    RX_QUEUE, TSO_BUF_SIZE, TSO_BUF_SLOTS, TX_QUEUE, Violation, features, phy, regs, status,
 };
 use crate::metrics::METRICS;
 use crate::shared::{IoPorts, SharedMem};
@@ -44,6 +45,12 @@ pub struct Config {
     /// to cut into MSS-sized frames: one frame to build, post and complete
     /// instead of up to 44. 0: no TSO.
     pub tso_buffers: u16,
+    /// Large receive: if the device offers `VIRTIO_NET_F_MRG_RXBUF` and
+    /// `VIRTIO_NET_F_GUEST_TSO4` (and RX checksum offload is on), the host
+    /// may deliver TCP segments of up to 64 KiB spread over several receive
+    /// buffers; they are gathered into this many private large frames
+    /// (about 66 KiB each). 0: no large receive.
+    pub rx_large_frames: u16,
 }
 
 impl Default for Config {
@@ -55,6 +62,7 @@ impl Default for Config {
             tx_checksum_offload: true,
             rx_checksum_offload: true,
             tso_buffers: 0,
+            rx_large_frames: 0,
         }
     }
 }
@@ -106,87 +114,190 @@ impl Guard {
     }
 }
 
-/// Frames already copied out of the pool, waiting for the stack: a fixed ring
-/// of `BUF_SIZE`-byte private slots, allocated once. Each slot holds a whole
-/// receive buffer as the device completed it, `virtio_net_hdr` then frame:
-/// one copy out of the pool per completion, after which the header is
-/// checked in private memory (a single snapshot; the host cannot change it
-/// between the check and the use).
+/// Frames already copied out of the pool, waiting for the stack, in arrival
+/// order. Two fixed rings of private slots, allocated once: small slots
+/// (`BUF_SIZE`) for frames in one receive buffer, and large slots (room for
+/// [`MAX_MERGE`] buffers) for frames merged from several
+/// (`VIRTIO_NET_F_MRG_RXBUF`, large receive). Each slot holds the frame only:
+/// the header is read from the pool once into a local, checked there, and
+/// not kept.
 #[derive(Debug)]
 pub(crate) struct RxFrames {
+    small: Slots,
+    large: Slots,
+    /// Committed frames, oldest first: (large?, slot, length).
+    order: VecDeque<(bool, usize, usize)>,
+    /// The merged frame being gathered: large slot, bytes so far, buffers
+    /// still to come, its first buffer's `num_buffers`.
+    pending: Option<Pending>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    slot: usize,
+    filled: usize,
+    remaining: u16,
+    num_buffers: u16,
+}
+
+/// A FIFO of equal slots (frames leave in the order they came).
+#[derive(Debug)]
+struct Slots {
     data: Vec<u8>,
-    /// Per slot: bytes of the frame (after the header).
-    lens: Vec<u16>,
+    size: usize,
+    n: usize,
     head: usize,
     count: usize,
 }
 
-impl RxFrames {
-    fn new(n: usize) -> RxFrames {
-        RxFrames {
-            data: vec![0; n * BUF_SIZE],
-            lens: vec![0; n],
+impl Slots {
+    fn new(n: usize, size: usize) -> Slots {
+        Slots {
+            data: vec![0; n * size],
+            size,
+            n,
             head: 0,
             count: 0,
         }
     }
 
-    fn capacity(&self) -> usize {
-        self.lens.len()
+    fn has_free(&self) -> bool {
+        self.count < self.n
     }
 
-    fn free(&self) -> usize {
-        self.capacity() - self.count
+    /// Takes the next free slot (the caller checked [`has_free`]).
+    fn take(&mut self) -> usize {
+        let i = (self.head + self.count) % self.n;
+        self.count += 1;
+        i
+    }
+
+    /// Gives back the oldest slot.
+    fn release(&mut self) {
+        if self.count > 0 {
+            self.head = (self.head + 1) % self.n;
+            self.count -= 1;
+        }
+    }
+
+    /// Gives back the newest slot (a frame abandoned while gathered).
+    fn release_newest(&mut self) {
+        self.count = self.count.saturating_sub(1);
+    }
+
+    fn bytes(&mut self, slot: usize, at: usize, len: usize) -> &mut [u8] {
+        let base = slot * self.size + at;
+        &mut self.data[base..base + len]
+    }
+}
+
+impl RxFrames {
+    /// `small` one-buffer frames and `large` merged ones (0: no large
+    /// receive).
+    fn new(small: usize, large: usize) -> RxFrames {
+        RxFrames {
+            small: Slots::new(small, BUF_SIZE),
+            large: Slots::new(large, usize::from(MAX_MERGE) * BUF_SIZE),
+            order: VecDeque::with_capacity(small + large),
+            pending: None,
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0
+        self.order.is_empty()
     }
 
-    /// Index `n` slots after the head.
-    fn slot(&self, n: usize) -> usize {
-        let i = self.head + n;
-        if i >= self.capacity() {
-            i - self.capacity()
-        } else {
-            i
-        }
+    fn len(&self) -> usize {
+        self.order.len()
     }
 
-    /// The next free slot's first `total ≤ BUF_SIZE` bytes, to copy a
-    /// completed buffer into. `None` if full or too long. Nothing is queued
-    /// until [`commit`](Self::commit).
-    fn next_free(&mut self, total: usize) -> Option<&mut [u8]> {
-        if self.count == self.capacity() || total > BUF_SIZE {
+    /// Room for one more completion whatever it turns out to be: a merged
+    /// frame being gathered takes its continuation buffers; otherwise a
+    /// small slot, and a large one too where large receive is on.
+    fn can_take(&self) -> bool {
+        self.pending.is_some()
+            || (self.small.has_free() && (self.large.n == 0 || self.large.has_free()))
+    }
+
+    /// A small slot's first `len ≤ BUF_SIZE` bytes for a one-buffer frame;
+    /// queued by [`commit_small`](Self::commit_small).
+    fn small_slot(&mut self, len: usize) -> (usize, &mut [u8]) {
+        let slot = self.small.take();
+        (slot, self.small.bytes(slot, 0, len))
+    }
+
+    fn commit_small(&mut self, slot: usize, len: usize) {
+        self.order.push_back((false, slot, len));
+    }
+
+    /// Whether merged (large) frames can be taken at all.
+    fn large_enabled(&self) -> bool {
+        self.large.n > 0
+    }
+
+    /// Starts gathering a frame of `num_buffers` buffers.
+    fn start_large(&mut self, num_buffers: u16) {
+        let slot = self.large.take();
+        self.pending = Some(Pending {
+            slot,
+            filled: 0,
+            remaining: num_buffers,
+            num_buffers,
+        });
+    }
+
+    /// Where the next `len ≤ BUF_SIZE` bytes of the gathered frame go.
+    fn large_next(&mut self, len: usize) -> Option<&mut [u8]> {
+        let p = self.pending.as_mut()?;
+        if p.remaining == 0 || p.filled + len > self.large.size {
             return None;
         }
-        let i = self.slot(self.count);
-        Some(&mut self.data[i * BUF_SIZE..i * BUF_SIZE + total])
+        let at = p.filled;
+        p.filled += len;
+        p.remaining -= 1;
+        Some(self.large.bytes(p.slot, at, len))
     }
 
-    /// Queues the slot [`next_free`](Self::next_free) filled, whose frame
-    /// (after the header) is `len` bytes.
-    fn commit(&mut self, len: usize) {
-        let i = self.slot(self.count);
-        // len ≤ BUF_SIZE - NET_HDR_LEN (checked by next_free's caller).
-        self.lens[i] = len as u16;
-        self.count += 1;
+    /// The gathered frame is complete: (num_buffers, bytes), if it is.
+    fn large_done(&self) -> Option<(u16, usize)> {
+        self.pending
+            .filter(|p| p.remaining == 0)
+            .map(|p| (p.num_buffers, p.filled))
+    }
+
+    /// Queues the gathered frame.
+    fn commit_large(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.order.push_back((true, p.slot, p.filled));
+        }
+    }
+
+    /// Drops the frame being gathered: (num_buffers, bytes so far).
+    fn abandon_large(&mut self) -> Option<(u16, usize)> {
+        let p = self.pending.take()?;
+        self.large.release_newest();
+        Some((p.num_buffers, p.filled))
     }
 
     /// The oldest frame.
     pub(crate) fn front(&self) -> &[u8] {
-        if self.count == 0 {
-            return &[];
+        match self.order.front() {
+            Some(&(large, slot, len)) => {
+                let s = if large { &self.large } else { &self.small };
+                &s.data[slot * s.size..slot * s.size + len]
+            }
+            None => &[],
         }
-        let at = self.head * BUF_SIZE + NET_HDR_LEN;
-        &self.data[at..at + usize::from(self.lens[self.head])]
     }
 
     /// Drops the oldest frame.
     pub(crate) fn pop(&mut self) {
-        if self.count > 0 {
-            self.head = self.slot(1);
-            self.count -= 1;
+        if let Some((large, _, _)) = self.order.pop_front() {
+            if large {
+                self.large.release();
+            } else {
+                self.small.release();
+            }
         }
     }
 }
@@ -199,6 +310,12 @@ struct RxPath {
     bufs: usize,
     /// Slots taken back in the current batch, re-posted at its end.
     repost: Vec<u16>,
+    /// Header bytes before each frame (10, or 12 with `MRG_RXBUF`).
+    hdr_len: usize,
+    /// `MRG_RXBUF` negotiated: frames may span buffers.
+    merge: bool,
+    /// `GUEST_TSO4` negotiated: TCPv4 GSO frames are expected.
+    gso: bool,
     guard: Guard,
     packets: u64,
     bytes: u64,
@@ -222,6 +339,8 @@ pub(crate) struct TxPath {
     tso_free: Vec<u16>,
     /// TSO in use (`VIRTIO_NET_F_HOST_TSO4` negotiated, TSO buffers laid out).
     pub(crate) tso: bool,
+    /// Header bytes before each frame (10, or 12 with `MRG_RXBUF`).
+    pub(crate) hdr_len: usize,
     /// `VIRTIO_NET_F_CSUM` negotiated: fill `NEEDS_CSUM` headers.
     pub(crate) offload: bool,
     /// `VIRTIO_NET_F_GUEST_CSUM` negotiated: received frames may carry
@@ -295,8 +414,9 @@ impl TxPath {
         // Segmentation only where it was negotiated (smoltcp asks for it only
         // when the device capabilities offered it).
         let segment = segment.filter(|_| self.tso);
-        let large = len > BUF_SIZE - NET_HDR_LEN;
-        if large && (segment.is_none() || len > TSO_BUF_SIZE - NET_HDR_LEN) {
+        let hdr_len = self.hdr_len;
+        let large = len > BUF_SIZE - hdr_len;
+        if large && (segment.is_none() || len > TSO_BUF_SIZE - hdr_len) {
             warn!("virtio-net: stack asked for a {len}-byte frame, dropped");
             return self.drop_frame(len, f);
         }
@@ -317,7 +437,7 @@ impl TxPath {
             (slot, self.bufs + usize::from(slot) * BUF_SIZE)
         };
         let offload = self.offload;
-        let (r, csum) = mem.fill(off + NET_HDR_LEN, len, |frame| {
+        let (r, csum) = mem.fill(off + hdr_len, len, |frame| {
             let r = f(frame);
             let csum = if offload {
                 phy::prepare_tx_checksum(frame).map(|(start, offset)| {
@@ -333,7 +453,8 @@ impl TxPath {
             };
             (r, csum)
         });
-        let mut hdr = [0u8; NET_HDR_LEN];
+        // The 12-byte form's `num_buffers` stays 0 on transmit.
+        let mut hdr = [0u8; NET_HDR_MRG_LEN];
         hdr[1] = NET_HDR_GSO_NONE;
         if let Some((start, offset, headers)) = csum {
             hdr[0] = NET_HDR_F_NEEDS_CSUM;
@@ -357,13 +478,13 @@ impl TxPath {
             }
             return r;
         }
-        mem.write_bytes(off, &hdr);
+        mem.write_bytes(off, &hdr[..hdr_len]);
         let addr = mem.device_addr(off);
-        // `len + 10 ≤ TSO_BUF_SIZE` fits in u32.
-        let total = (NET_HDR_LEN + len) as u32;
+        // `len + hdr_len ≤ TSO_BUF_SIZE` fits in u32.
+        let total = (hdr_len + len) as u32;
         if self
             .queue
-            .post(mem, slot, addr, NET_HDR_LEN as u32, total, false)
+            .post(mem, slot, addr, hdr_len as u32, total, false)
         {
             self.queue.publish(mem);
             self.dirty = true;
@@ -457,6 +578,11 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
                 );
                 // The first notify comes after DRIVER_OK (§3.1.1 / §2.7.13).
                 io.write16(regs::QUEUE_NOTIFY, RX_QUEUE);
+                let large = if rx.gso {
+                    usize::from(config.rx_large_frames)
+                } else {
+                    0
+                };
                 let mut dev = VirtioNet {
                     mem,
                     io,
@@ -465,7 +591,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
                     layout,
                     rx,
                     tx,
-                    frames: RxFrames::new(usize::from(config.rx_private_frames)),
+                    frames: RxFrames::new(usize::from(config.rx_private_frames), large),
                     #[cfg(feature = "unconstrained-io")]
                     ready: alloc::collections::VecDeque::with_capacity(usize::from(
                         config.rx_private_frames,
@@ -511,11 +637,29 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         if config.tso_buffers > 0 && config.tx_checksum_offload {
             wanted |= features::NET_F_HOST_TSO4;
         }
+        // Large receive gathers frames into private memory; the measurement
+        // build that parses in the pool cannot, so it goes without.
+        if config.rx_large_frames > 0 && config.rx_checksum_offload && !super::UNCONSTRAINED_IO {
+            wanted |= features::NET_F_MRG_RXBUF | features::NET_F_GUEST_TSO4;
+        }
         let mut negotiated = offered & wanted;
-        // TSO needs TX checksum offload (virtio 1.2 §5.1.3.1).
+        // TSO needs TX checksum offload, GUEST_TSO4 RX checksum offload
+        // (virtio 1.2 §5.1.3.1); large frames need merged buffers here (no
+        // 64 KiB receive buffers in the pool), and merged buffers a free
+        // descriptor layout (the header shares the first buffer).
         if negotiated & features::NET_F_CSUM == 0 {
             negotiated &= !features::NET_F_HOST_TSO4;
         }
+        if negotiated & features::F_ANY_LAYOUT == 0 {
+            negotiated &= !features::NET_F_MRG_RXBUF;
+        }
+        if negotiated & features::NET_F_GUEST_CSUM == 0
+            || negotiated & features::NET_F_MRG_RXBUF == 0
+        {
+            negotiated &= !features::NET_F_GUEST_TSO4;
+        }
+        let merge = negotiated & features::NET_F_MRG_RXBUF != 0;
+        let hdr_len = if merge { NET_HDR_MRG_LEN } else { NET_HDR_LEN };
         io.write32(regs::GUEST_FEATURES, negotiated);
 
         let mut mac = [0u8; 6];
@@ -595,6 +739,8 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
             }
         }
 
+        // With merged buffers only a frame's first buffer has a header; the
+        // driver checks that one's length itself.
         let mut rxq = Queue::new(
             mem,
             RX_QUEUE,
@@ -602,7 +748,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
             layout.rx_ring_layout,
             rx_n,
             chained,
-            NET_HDR_LEN as u32,
+            if merge { 1 } else { hdr_len as u32 },
         );
         let txq = Queue::new(
             mem,
@@ -616,7 +762,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         for slot in 0..rxq.slots() {
             let off = layout.rx_bufs + usize::from(slot) * BUF_SIZE;
             let addr = mem.device_addr(off);
-            rxq.post(mem, slot, addr, NET_HDR_LEN as u32, BUF_SIZE as u32, true);
+            rxq.post(mem, slot, addr, hdr_len as u32, BUF_SIZE as u32, true);
         }
         rxq.publish(mem);
         for (q, pfn) in [RX_QUEUE, TX_QUEUE].into_iter().zip(pfns) {
@@ -625,6 +771,9 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         }
         let rx = RxPath {
             repost: Vec::with_capacity(usize::from(rxq.slots())),
+            hdr_len,
+            merge,
+            gso: negotiated & features::NET_F_GUEST_TSO4 != 0,
             queue: rxq,
             bufs: layout.rx_bufs,
             guard: Guard::default(),
@@ -638,6 +787,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
             small: tx_n,
             tso_bufs: layout.tso_bufs,
             tso: tso_n > 0,
+            hdr_len,
             queue: txq,
             bufs: layout.tx_bufs,
             offload: negotiated & features::NET_F_CSUM != 0,
@@ -672,6 +822,12 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
     /// negotiated: TCP/UDP checksums of received frames are not verified.
     pub fn rx_checksum_offload(&self) -> bool {
         self.tx.rx_offload
+    }
+
+    /// Whether large receive is in use (`VIRTIO_NET_F_MRG_RXBUF` and
+    /// `VIRTIO_NET_F_GUEST_TSO4` negotiated, private large frames allocated).
+    pub fn large_receive(&self) -> bool {
+        self.frames.large_enabled()
     }
 
     /// Whether TCP segmentation offload is in use (`VIRTIO_NET_F_HOST_TSO4`
@@ -721,7 +877,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
 
     /// Frames copied out and not yet taken by the stack.
     pub fn rx_queued(&self) -> usize {
-        self.frames.count
+        self.frames.len()
     }
 
     /// Free TX buffers (without reclaiming).
@@ -790,47 +946,115 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         let mem = &self.mem;
         let frames = &mut self.frames;
         let rx = &mut self.rx;
-        let bufs = rx.bufs;
+        let (bufs, hdr_len, merge) = (rx.bufs, rx.hdr_len, rx.merge);
         let repost = &mut rx.repost;
         let guard = &mut rx.guard;
         let (packets, bytes) = (&mut rx.packets, &mut rx.bytes);
-        // Without GUEST_CSUM a partial checksum is a protocol violation.
+        // Without GUEST_CSUM a partial checksum is a protocol violation; a
+        // GSO frame only with GUEST_TSO4 (then a TCPv4 one).
         let bad_flags = if self.tx.rx_offload {
             0
         } else {
             NET_HDR_F_NEEDS_CSUM
         };
+        let gso_ok = |t: u8| t == NET_HDR_GSO_NONE || (rx.gso && t == NET_HDR_GSO_TCPV4);
         let mut delivered = 0;
         let mut copied = 0u64;
-        // At most `frames.free()` completions, so a private slot is free for
-        // each one.
-        rx.queue.harvest(mem, frames.free(), |u| match u {
-            Used::Done { slot, len } => {
-                let off = bufs + usize::from(slot) * BUF_SIZE;
-                // NET_HDR_LEN ≤ len ≤ BUF_SIZE: validated by the queue.
-                let total = len as usize;
-                let frame_len = total - NET_HDR_LEN;
-                if let Some(buf) = frames.next_free(total) {
-                    // The one copy: header and frame together.
-                    mem.read_bytes(off, buf);
-                    let (flags, gso_type) = (buf[0], buf[1]);
-                    if flags & bad_flags != 0 || gso_type != NET_HDR_GSO_NONE {
-                        guard.report(Violation::RxHeader { flags, gso_type });
-                    } else if frame_len > 0 {
-                        frames.commit(frame_len);
-                        delivered += 1;
-                        copied += frame_len as u64;
+        if !frames.can_take() {
+            return 0;
+        }
+        // One completion at a time while there is room for whatever it turns
+        // out to be (`can_take`); a merged frame's later buffers go on into
+        // its large slot, across batches if the device published them late.
+        rx.queue.harvest_while(mem, usize::MAX, |u| {
+            match u {
+                Used::Done { slot, len } => {
+                    let off = bufs + usize::from(slot) * BUF_SIZE;
+                    // len ≤ BUF_SIZE (what was posted): validated by the queue.
+                    let len = len as usize;
+                    if frames.pending.is_some() {
+                        // A continuation buffer: frame bytes only.
+                        if let Some(buf) = frames.large_next(len) {
+                            mem.read_bytes(off, buf);
+                            copied += len as u64;
+                        }
+                        if let Some((num_buffers, total)) = frames.large_done() {
+                            if total > MAX_LARGE_FRAME {
+                                frames.abandon_large();
+                                guard.report(Violation::RxMerge {
+                                    num_buffers,
+                                    bytes: total,
+                                });
+                            } else {
+                                frames.commit_large();
+                                delivered += 1;
+                                METRICS.rx_merged_frames.inc();
+                            }
+                        }
+                    } else if len < hdr_len {
+                        guard.report(Violation::LengthTooShort {
+                            queue: RX_QUEUE,
+                            id: u32::from(slot),
+                            len: len as u32,
+                        });
+                    } else {
+                        // The header, read once into private memory, then
+                        // the frame bytes after it: one read per byte.
+                        let mut hdr = [0u8; NET_HDR_MRG_LEN];
+                        mem.read_bytes(off, &mut hdr[..hdr_len]);
+                        let (flags, gso_type) = (hdr[0], hdr[1]);
+                        let num_buffers = if merge {
+                            u16::from_le_bytes([hdr[10], hdr[11]])
+                        } else {
+                            1
+                        };
+                        let frame_len = len - hdr_len;
+                        if flags & bad_flags != 0 || !gso_ok(gso_type) {
+                            guard.report(Violation::RxHeader { flags, gso_type });
+                        } else if num_buffers == 0
+                            || num_buffers > MAX_MERGE
+                            || (num_buffers > 1 && !frames.large_enabled())
+                        {
+                            guard.report(Violation::RxMerge {
+                                num_buffers,
+                                bytes: frame_len,
+                            });
+                        } else if num_buffers == 1 {
+                            if frame_len > 0 {
+                                let (s, buf) = frames.small_slot(frame_len);
+                                mem.read_bytes(off + hdr_len, buf);
+                                frames.commit_small(s, frame_len);
+                                delivered += 1;
+                                copied += frame_len as u64;
+                            }
+                        } else {
+                            frames.start_large(num_buffers);
+                            // Its first buffer: the bytes after the header.
+                            if let Some(buf) = frames.large_next(frame_len) {
+                                mem.read_bytes(off + hdr_len, buf);
+                                copied += frame_len as u64;
+                            }
+                        }
+                    }
+                    repost.push(slot);
+                }
+                Used::Reclaimed { slot, violation } => {
+                    guard.report(violation);
+                    repost.push(slot);
+                    if let Some((num_buffers, bytes)) = frames.abandon_large() {
+                        guard.report(Violation::RxMerge { num_buffers, bytes });
                     }
                 }
-                repost.push(slot);
+                Used::Refused(violation) => {
+                    guard.report(violation);
+                    if let Some((num_buffers, bytes)) = frames.abandon_large() {
+                        guard.report(Violation::RxMerge { num_buffers, bytes });
+                    }
+                }
             }
-            Used::Reclaimed { slot, violation } => {
-                guard.report(violation);
-                repost.push(slot);
-            }
-            Used::Refused(violation) => guard.report(violation),
+            frames.can_take()
         });
-        if delivered > 0 {
+        if delivered > 0 || copied > 0 {
             *packets += delivered as u64;
             *bytes += copied;
             METRICS.rx_packets.add(delivered as u64);
@@ -853,7 +1077,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
                     &mut self.mem,
                     slot,
                     addr,
-                    NET_HDR_LEN as u32,
+                    self.rx.hdr_len as u32,
                     BUF_SIZE as u32,
                     true,
                 );
@@ -963,6 +1187,7 @@ pub(crate) mod tests {
             tx_checksum_offload: csum,
             rx_checksum_offload: false,
             tso_buffers: 0,
+            rx_large_frames: 0,
         }
     }
 
@@ -1335,10 +1560,10 @@ pub(crate) mod tests {
         for id in [16, 1000, u32::MAX, 9, 15] {
             r.dev.push_used(0, id, 70);
         }
-        // A batch is bounded by the 4 free private frames, refused entries
-        // included: two polls.
+        // Refused entries take no private frame: one poll refuses all five
+        // (a batch is bounded by the outstanding buffers).
         assert!(r.drv.recv(|_| ()).is_none());
-        assert_eq!(r.drv.stats().ring_violations, 4);
+        assert_eq!(r.drv.stats().ring_violations, 5);
         assert!(r.drv.recv(|_| ()).is_none());
         assert_eq!(r.drv.stats().ring_violations, 5);
         assert!(METRICS.ring_violations.get() >= v0 + 5);
@@ -1408,6 +1633,143 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(r.drv.recv(|b| b.to_vec()).as_deref(), Some(&f[..]));
         prove_working(&mut r, 0, 40);
+    }
+
+    /// A rig with large receive: `MRG_RXBUF`, `GUEST_TSO4`, `GUEST_CSUM`.
+    fn large_rx_rig(large: u16) -> Rig {
+        let mut c = cfg(64, 16, 8, true);
+        c.rx_checksum_offload = true;
+        c.rx_large_frames = large;
+        rig(
+            OFFERED
+                | features::NET_F_GUEST_CSUM
+                | features::NET_F_MRG_RXBUF
+                | features::NET_F_GUEST_TSO4,
+            [64, 16],
+            c,
+            [2, 0, 0, 0, 0, 1],
+        )
+    }
+
+    /// Frames of every size, merged or not, then a TX frame with its 12-byte
+    /// header: the driver still works.
+    fn prove_working_merged(r: &mut Rig, first: u32, rounds: u32) {
+        for n in first..first + rounds {
+            let len = [60, 1514, 2037, 2038, 4000, 30_000, 65_549][n as usize % 7];
+            let f = frame(n, len);
+            let gso = if len > 1514 { NET_HDR_GSO_TCPV4 } else { 0 };
+            assert!(
+                r.dev.inject_rx_merged(1, gso, &f, None).is_some(),
+                "frame {n}"
+            );
+            assert_eq!(
+                r.drv.recv(|b| b.to_vec()).as_deref(),
+                Some(&f[..]),
+                "frame {n} ({len} bytes)"
+            );
+            let out = frame(n | 0x8000_0000, 1514);
+            r.drv
+                .send(out.len(), |b| b.copy_from_slice(&out))
+                .expect("TX buffer");
+            r.drv.flush();
+            let (hdr, got) = r.dev.take_tx().expect("sent");
+            assert_eq!((hdr, got), ([0; NET_HDR_LEN], out));
+        }
+        assert!(r.dev.errors().is_empty(), "{:?}", r.dev.errors());
+        check_invariants(r);
+    }
+
+    #[test]
+    fn large_receive_gathers_merged_buffers() {
+        let mut r = large_rx_rig(2);
+        let want = features::NET_F_MRG_RXBUF | features::NET_F_GUEST_TSO4;
+        assert_eq!(r.drv.features() & want, want);
+        prove_working_merged(&mut r, 0, 30);
+        assert_eq!(r.drv.stats().ring_violations, 0);
+        // Several large frames in one batch, more than the private large
+        // frames: taken in order over several polls, none lost.
+        let sizes = [30_000, 200, 20_000, 9_000, 100, 12_000];
+        for (i, len) in sizes.iter().enumerate() {
+            let f = frame(100 + i as u32, *len);
+            assert!(r.dev.inject_rx_merged(0, 0, &f, None).is_some());
+        }
+        for (i, len) in sizes.iter().enumerate() {
+            let f = frame(100 + i as u32, *len);
+            assert_eq!(r.drv.recv(|b| b.to_vec()).as_deref(), Some(&f[..]), "#{i}");
+        }
+        assert!(r.drv.recv(|_| ()).is_none());
+        // Counted as copies out of the pool, header bytes excluded.
+        let s = r.drv.stats();
+        assert_eq!(s.ring_violations, 0);
+        assert!(s.rx_bytes > 65_000);
+        check_invariants(&r);
+    }
+
+    #[test]
+    fn large_receive_refuses_lying_merge_headers() {
+        let mut r = large_rx_rig(2);
+        let f = frame(1, 5000); // three buffers
+        // num_buffers 0, and more than any frame may span.
+        for lie in [0u16, MAX_MERGE + 1, u16::MAX] {
+            assert!(r.dev.inject_rx_merged(0, 0, &f, Some(lie)).is_some());
+            // Its continuation buffers then look like frames with garbage
+            // headers: refused or taken as (garbage) frames, never a panic.
+            while r.drv.recv(|_| ()).is_some() {}
+        }
+        let after_lies = r.drv.stats().ring_violations;
+        assert!(after_lies >= 3, "{after_lies}");
+        // Says 2 buffers for a 3-buffer frame: the third becomes a "frame"
+        // of its own (bytes the host chose anyway); nothing out of bounds.
+        assert!(r.dev.inject_rx_merged(0, 0, &f, Some(2)).is_some());
+        while r.drv.recv(|_| ()).is_some() {}
+        // A refused completion in the middle of a merged frame abandons it.
+        let g = frame(2, 5000);
+        assert!(r.dev.inject_rx_merged(0, 0, &g, Some(4)).is_some());
+        r.dev.push_used(0, 9999, 10);
+        while r.drv.recv(|_| ()).is_some() {}
+        assert!(r.drv.stats().ring_violations > after_lies);
+        // A GSO type other than TCPv4 is refused.
+        let v = r.drv.stats().ring_violations;
+        assert!(r.dev.inject_rx_merged(0, 4, &frame(3, 100), None).is_some());
+        assert!(r.drv.recv(|_| ()).is_none());
+        assert_eq!(r.drv.stats().ring_violations, v + 1);
+        prove_working_merged(&mut r, 0, 21);
+    }
+
+    #[test]
+    fn large_receive_needs_any_layout_and_guest_csum() {
+        // No ANY_LAYOUT: no merged buffers, so no GUEST_TSO4 either.
+        let mut c = cfg(16, 8, 4, true);
+        c.rx_checksum_offload = true;
+        c.rx_large_frames = 2;
+        let all = OFFERED | features::NET_F_MRG_RXBUF | features::NET_F_GUEST_TSO4;
+        let r = rig(
+            all & !features::F_ANY_LAYOUT,
+            [32, 16],
+            c,
+            [2, 0, 0, 0, 0, 1],
+        );
+        assert_eq!(
+            r.drv.features() & (features::NET_F_MRG_RXBUF | features::NET_F_GUEST_TSO4),
+            0
+        );
+        // No RX checksum offload: not asked for at all.
+        c.rx_checksum_offload = false;
+        let r = rig(all, [32, 16], c, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            r.drv.features() & (features::NET_F_MRG_RXBUF | features::NET_F_GUEST_TSO4),
+            0
+        );
+        // A GSO frame when GUEST_TSO4 was not negotiated: refused.
+        c.rx_checksum_offload = true;
+        c.rx_large_frames = 0;
+        let mut r = rig(all, [32, 16], c, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(r.drv.features() & features::NET_F_GUEST_TSO4, 0);
+        r.dev
+            .inject_rx_with(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0], &frame(1, 100), None)
+            .unwrap();
+        assert!(r.drv.recv(|_| ()).is_none());
+        assert_eq!(r.drv.stats().ring_violations, 1);
     }
 
     #[test]

@@ -303,6 +303,20 @@ impl Queue {
         max: usize,
         mut f: impl FnMut(Used),
     ) -> usize {
+        self.harvest_while(mem, max, |u| {
+            f(u);
+            true
+        })
+    }
+
+    /// [`harvest`](Self::harvest), stopping early after an entry for which
+    /// `f` returns `false` (the caller has no room for another one).
+    pub(crate) fn harvest_while<M: SharedMem>(
+        &mut self,
+        mem: &M,
+        max: usize,
+        mut f: impl FnMut(Used) -> bool,
+    ) -> usize {
         if max == 0 {
             return 0;
         }
@@ -322,7 +336,7 @@ impl Queue {
                 _ => {
                     if self.last_bogus_idx != Some(used_idx) {
                         self.last_bogus_idx = Some(used_idx);
-                        f(Used::Refused(Violation::UsedIdxJump {
+                        let _ = f(Used::Refused(Violation::UsedIdxJump {
                             queue: self.index,
                             last_used: self.last_used,
                             used_idx,
@@ -340,13 +354,15 @@ impl Queue {
         // Entries are read only after the index (§2.7.8 ordering).
         mem.fence();
         let n = usize::from(pending).min(max);
-        for _ in 0..n {
+        for i in 0..n {
             let pos = usize::from(self.last_used & (self.layout.size - 1));
             let elem = used + 4 + 8 * pos;
             let id = mem.read_u32(elem);
             let len = mem.read_u32(elem + 4);
             self.last_used = self.last_used.wrapping_add(1);
-            f(self.check(id, len));
+            if !f(self.check(id, len)) {
+                return i + 1;
+            }
         }
         n
     }
