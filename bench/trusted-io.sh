@@ -6,9 +6,14 @@
 #   bench/trusted-io.sh [--rounds N] [--duration S] [--tests echo,http] [--net tap]
 #                       [--no-build]
 #
-# Builds two images:
+# Builds three images:
 #   target/vellum.bin                constrained (the default build, rebuilt last
 #                                    so the default image is never the other one)
+#   target/vellum-no-lro.bin         constrained without large receive
+#                                    (`vellum-kernel/no-large-receive`): what the
+#                                    ratio compares, since the unconstrained
+#                                    build cannot parse merged receive buffers
+#                                    in place and so goes without them
 #   target/vellum-unconstrained.bin  `image build --features
 #                                    vellum-kernel/unconstrained-io`: RX frames
 #                                    parsed in place in the shared pool (no copy
@@ -16,9 +21,10 @@
 #                                    not validated. MEASUREMENT ONLY; it says so
 #                                    on its console at boot.
 # then runs the shared harness (../shared/bench/linux-baseline/run.sh, --guest
-# custom, -cpu max) once per image per round, alternating which goes first,
+# custom, -cpu max) once per image per round, rotating which goes first,
 # and prints per-figure medians (min-max) and the ratio constrained /
-# unconstrained. Needs root (tap in a private netns). The host is noisy (2
+# unconstrained at equal offloads (no large receive), with the shipped build
+# for reference. Needs root (tap in a private netns). The host is noisy (2
 # cores, TCG): use several rounds; the ratio of medians is what to read.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -42,13 +48,15 @@ done
 . scripts/setup.sh
 VELLUM_SETUP_NEED="qemu curl wrk" vellum_setup
 
-C=$ROOT/target/vellum.bin
+S=$ROOT/target/vellum.bin
+C=$ROOT/target/vellum-no-lro.bin
 U=$ROOT/target/vellum-unconstrained.bin
 if [ $BUILD = 1 ]; then
   cargo run -q -p vellum-image -- build --features vellum-kernel/unconstrained-io --out "$U" >/dev/null
+  cargo run -q -p vellum-image -- build --features vellum-kernel/no-large-receive --out "$C" >/dev/null
   cargo run -q -p vellum-image -- build >/dev/null   # the default image: constrained
 fi
-[ -f "$C" ] && [ -f "$U" ] || { echo "images missing (run without --no-build)" >&2; exit 1; }
+[ -f "$S" ] && [ -f "$C" ] && [ -f "$U" ] || { echo "images missing (run without --no-build)" >&2; exit 1; }
 
 # Each image must be what it claims (the unconstrained one announces itself).
 check() { # $1 image, $2 expect unconstrained (1/0)
@@ -56,11 +64,12 @@ check() { # $1 image, $2 expect unconstrained (1/0)
     -device virtio-net-pci,netdev=n0 -netdev user,id=n0,restrict=on -bios "$1" </dev/null 2>&1 || true)
   if grep -q "UNCONSTRAINED I/O BUILD" <<<"$log"; then [ "$2" = 1 ]; else [ "$2" = 0 ]; fi
 }
+check "$S" 0 || { echo "$S is not the constrained build" >&2; exit 1; }
 check "$C" 0 || { echo "$C is not the constrained build" >&2; exit 1; }
 check "$U" 1 || { echo "$U does not announce itself as unconstrained" >&2; exit 1; }
 
-list_c=$(mktemp) list_u=$(mktemp)
-trap 'rm -f "$list_c" "$list_u"' EXIT
+list_s=$(mktemp) list_c=$(mktemp) list_u=$(mktemp)
+trap 'rm -f "$list_s" "$list_c" "$list_u"' EXIT
 run() { # $1 image, $2 rundir list
   LB_RUNDIR_FILE=$2 "$HARNESS/run.sh" --guest custom --cpu max --custom-args "-bios $1" \
     --https off --tls-echo off --net "$NET" --tests "$TESTS" --phases load --reps 1 \
@@ -68,11 +77,14 @@ run() { # $1 image, $2 rundir list
 }
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS" >&2
-  if [ $((r % 2)) = 1 ]; then run "$C" "$list_c"; run "$U" "$list_u"
-  else run "$U" "$list_u"; run "$C" "$list_c"; fi
+  case $((r % 3)) in
+    1) run "$C" "$list_c"; run "$U" "$list_u"; run "$S" "$list_s";;
+    2) run "$U" "$list_u"; run "$S" "$list_s"; run "$C" "$list_c";;
+    0) run "$S" "$list_s"; run "$C" "$list_c"; run "$U" "$list_u";;
+  esac
 done
 
-python3 - "$list_c" "$list_u" "$NET" <<'EOF'
+python3 - "$list_c" "$list_u" "$NET" "$list_s" <<'EOF'
 import os, statistics, sys
 def load(listfile):
     v = {}
@@ -85,14 +97,17 @@ def load(listfile):
                 except ValueError:
                     pass
     return v
-c, u, net = load(sys.argv[1]), load(sys.argv[2]), sys.argv[3]
+c, u, net, s = load(sys.argv[1]), load(sys.argv[2]), sys.argv[3], load(sys.argv[4])
 print(f"### Constrained vs unconstrained I/O (net={net}, median (min-max) of the rounds)\n")
-print("| figure | constrained | unconstrained | ratio | target | met |")
-print("|---|---:|---:|---:|---:|---|")
+print("Ratio at equal offloads: constrained without large receive / unconstrained")
+print("(which has none). The shipped build (with large receive) for reference.\n")
+print("| figure | constrained | unconstrained | ratio | target | met | shipped build |")
+print("|---|---:|---:|---:|---:|---|---:|")
+fmt = lambda xs, m: f"{m:.1f} ({min(xs):.1f}-{max(xs):.1f})"
 for key in sorted(set(c) & set(u)):
     mc, mu = statistics.median(c[key]), statistics.median(u[key])
     r = mc / mu if mu else float("nan")
-    fmt = lambda xs, m: f"{m:.1f} ({min(xs):.1f}-{max(xs):.1f})"
-    print(f"| {key[0]} {key[1]} | {fmt(c[key], mc)} | {fmt(u[key], mu)} | {r:.3f} | >= 0.97 | {'yes' if r >= 0.97 else 'NO'} |")
-print("\nrun directories:", *open(sys.argv[1]).read().split(), *open(sys.argv[2]).read().split())
+    ms = fmt(s[key], statistics.median(s[key])) if key in s else "-"
+    print(f"| {key[0]} {key[1]} | {fmt(c[key], mc)} | {fmt(u[key], mu)} | {r:.3f} | >= 0.97 | {'yes' if r >= 0.97 else 'NO'} | {ms} |")
+print("\nrun directories:", *open(sys.argv[1]).read().split(), *open(sys.argv[2]).read().split(), *open(sys.argv[4]).read().split())
 EOF

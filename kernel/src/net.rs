@@ -93,7 +93,11 @@ pub fn run(pool: Pool, snp: bool) -> Result<(), &'static str> {
         // Large receive where the device offers it (tap): segments of up to
         // 64 KiB gathered from the 2 KiB receive buffers into 4 private
         // frames (264 KiB of heap).
-        rx_large_frames: 4,
+        rx_large_frames: if cfg!(feature = "no-large-receive") {
+            0
+        } else {
+            4
+        },
         ..virtio::Config::default()
     };
     let end = vellum_net::shared::SharedMem::size(&pool);
