@@ -22,6 +22,7 @@ pub mod rng;
 pub mod service;
 pub mod session;
 pub mod snp;
+pub mod ticket;
 
 pub use identity::{CertParams, Identity, IdentityError, report_data};
 pub use provider::{BulkSpeed, KernelClock, measure_bulk_ciphers, provider, provider_for};
@@ -29,3 +30,4 @@ pub use rng::{EntropySource, RngError, SharedEntropy};
 pub use rustls;
 pub use service::{AttestError, Attestation, ReportSource, TlsOver};
 pub use session::{TlsError, TlsSession, server_config};
+pub use ticket::Ticketer;

@@ -31,7 +31,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ServerConfig, UnbufferedServerConnection};
+use rustls::server::{ProducesTickets, ServerConfig, UnbufferedServerConnection};
 use rustls::time_provider::TimeProvider;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
@@ -87,8 +87,10 @@ impl fmt::Display for TlsError {
 
 /// Builds the server configuration: TLS 1.3 and 1.2, `provider`'s suites and
 /// groups, the identity's certificate and key, no client authentication, no
-/// session resumption (no tickets, no cache), no ALPN. `clock` is rustls'
-/// time source (see [`crate::KernelClock`]).
+/// ALPN, no 0-RTT. Session resumption only with `tickets` (stateless tickets,
+/// e.g. a [`crate::Ticketer`]; no server-side cache either way), which needs a
+/// `clock` that answers. `clock` is rustls' time source (see
+/// [`crate::KernelClock`]).
 ///
 /// For ALPN or other knobs, build your own with
 /// `ServerConfig::builder_with_details` and [`Identity::certified_key`].
@@ -96,6 +98,7 @@ pub fn server_config(
     identity: &Identity,
     provider: Arc<CryptoProvider>,
     clock: Arc<dyn TimeProvider>,
+    tickets: Option<Arc<dyn ProducesTickets>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(
         identity.certified_key(),
@@ -105,7 +108,12 @@ pub fn server_config(
         .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.send_tls13_tickets = 0;
+    // Resumption by stateless tickets when a ticketer is given (the clock
+    // then has to answer: tickets carry their issue time); no 0-RTT data.
+    match tickets {
+        Some(t) => config.ticketer = t,
+        None => config.send_tls13_tickets = 0,
+    }
     config.max_early_data_size = 0;
     // The provider's order is the machine's fastest first (`provider_for`).
     config.ignore_client_order = true;

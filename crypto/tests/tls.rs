@@ -44,6 +44,7 @@ fn server() -> Server {
         &identity,
         provider(rng),
         KernelClock::new(|| Some(1_780_000_000)),
+        None,
     )
     .expect("config");
     Server { identity, config }
@@ -639,8 +640,13 @@ fn reissue_with_attestation_extension_keeps_key() {
     let (_, inner) = x509_parser::der_parser::der::parse_der_octetstring(e.value).expect("octets");
     assert_eq!(inner.as_slice().expect("bytes"), report.as_slice());
     // And a client still accepts it (unknown non-critical extension).
-    let config =
-        server_config(&id2, provider(Arc::new(OsEntropy)), KernelClock::none()).expect("config");
+    let config = server_config(
+        &id2,
+        provider(Arc::new(OsEntropy)),
+        KernelClock::none(),
+        None,
+    )
+    .expect("config");
     let s = Server {
         identity: id2,
         config,
@@ -659,8 +665,13 @@ fn failing_rng_is_an_error_not_a_panic() {
     );
     // A handshake with a failing RNG fails cleanly on the server.
     let s = server();
-    let config =
-        server_config(&s.identity, provider(Arc::new(bad)), KernelClock::none()).expect("config");
+    let config = server_config(
+        &s.identity,
+        provider(Arc::new(bad)),
+        KernelClock::none(),
+        None,
+    )
+    .expect("config");
     let mut c = client(&s, "localhost");
     let mut sess = TlsSession::new(config).expect("session");
     let mut pipe = Pipe::new(1 << 20);
@@ -681,7 +692,7 @@ fn restricted_provider_pins_suite_and_group() {
     assert_eq!(p.cipher_suites.len(), 1);
     assert_eq!(p.kx_groups.len(), 1);
     let s = server();
-    let config = server_config(&s.identity, p, KernelClock::none()).expect("config");
+    let config = server_config(&s.identity, p, KernelClock::none(), None).expect("config");
     let mut c = client(&s, "localhost");
     let mut sess = TlsSession::new(config).expect("session");
     Pipe::new(1 << 20).handshake(&mut c, &mut sess);
@@ -696,4 +707,83 @@ fn restricted_provider_pins_suite_and_group() {
         .expect("time");
     assert_eq!(t.as_secs(), 1_800_000_000);
     assert!(KernelClock::none().current_time().is_none());
+}
+
+/// Resumption: with a [`Ticketer`], a client that comes back with its ticket
+/// resumes (no certificate, no signature), over TLS 1.3 and 1.2; a server
+/// with another ticket key (another boot) falls back to a full handshake;
+/// without a ticketer nothing is resumed.
+#[test]
+fn tickets_resume_sessions_within_one_boot() {
+    use rustls::HandshakeKind;
+    use vellum_crypto::Ticketer;
+    let rng = rng();
+    let identity = Identity::generate(rng.as_ref(), &CertParams::vellum(None)).expect("identity");
+    let clock = KernelClock::new(|| Some(1_780_000_000));
+    let with_tickets = |seed: Arc<dyn EntropySource>| {
+        let t = Ticketer::new(seed).expect("ticketer");
+        server_config(
+            &identity,
+            provider(rng.clone()),
+            clock.clone(),
+            Some(Arc::new(t)),
+        )
+        .expect("config")
+    };
+    let config = with_tickets(rng.clone());
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let ccfg = client_config(identity.cert_der(), &[], &[], versions);
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let mut c =
+                ClientConnection::new(ccfg.clone(), ServerName::try_from("localhost").unwrap())
+                    .expect("client");
+            let mut s = TlsSession::new(config.clone()).expect("session");
+            let mut pipe = Pipe::new(1460);
+            pipe.handshake(&mut c, &mut s);
+            // TLS 1.3 tickets come after the handshake: let them through.
+            for _ in 0..10 {
+                if !pipe.step(&mut c, &mut s).expect("step") {
+                    break;
+                }
+            }
+            kinds.push(c.handshake_kind());
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(HandshakeKind::Full),
+                Some(HandshakeKind::Resumed),
+                Some(HandshakeKind::Resumed)
+            ],
+            "{versions:?}"
+        );
+        // The same client's ticket at a server with another key: full.
+        let other = with_tickets(rng.clone());
+        let mut c = ClientConnection::new(ccfg.clone(), ServerName::try_from("localhost").unwrap())
+            .expect("client");
+        let mut s = TlsSession::new(other).expect("session");
+        Pipe::new(1460).handshake(&mut c, &mut s);
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+    }
+    // No ticketer: never resumed.
+    let plain =
+        server_config(&identity, provider(rng.clone()), clock.clone(), None).expect("config");
+    let ccfg = client_config(identity.cert_der(), &[], &[], rustls::DEFAULT_VERSIONS);
+    for _ in 0..2 {
+        let mut c = ClientConnection::new(ccfg.clone(), ServerName::try_from("localhost").unwrap())
+            .expect("client");
+        let mut s = TlsSession::new(plain.clone()).expect("session");
+        let mut pipe = Pipe::new(1460);
+        pipe.handshake(&mut c, &mut s);
+        for _ in 0..10 {
+            if !pipe.step(&mut c, &mut s).expect("step") {
+                break;
+            }
+        }
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+    }
 }

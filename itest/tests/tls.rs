@@ -207,3 +207,53 @@ fn garbage_on_tls_ports_closes_only_that_connection() {
         );
     }
 }
+
+/// Python's ssl (OpenSSL) comes back with the session ticket of its first
+/// connection: resumed, over TLS 1.3 and 1.2; a fresh context is not.
+const PY_RESUME: &str = r#"
+import socket, ssl, sys
+port, version = int(sys.argv[1]), sys.argv[2]
+def ctx():
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    if version == "1.2":
+        c.maximum_version = ssl.TLSVersion.TLSv1_2
+    return c
+def get(c, session=None):
+    s = c.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60), session=session)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    body = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        body += b
+    out = (s.session, s.session_reused, s.version(), body.startswith(b"HTTP/1.1 200"))
+    s.close()
+    return out
+c = ctx()
+sess, reused1, v1, ok1 = get(c)
+_, reused2, v2, ok2 = get(c, sess)
+_, reused3, _, ok3 = get(ctx())
+print(v1, v2, reused1, reused2, reused3, ok1 and ok2 and ok3)
+"#;
+
+#[test]
+fn sessions_resume_with_tickets() {
+    let g = Guest::boot();
+    for (version, name) in [("1.3", "TLSv1.3"), ("1.2", "TLSv1.2")] {
+        let out = Command::new("python3")
+            .args(["-c", PY_RESUME, &g.https.to_string(), version])
+            .output()
+            .expect("python3");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            said.trim(),
+            format!("{name} {name} False True False True"),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            g.log()
+        );
+    }
+}

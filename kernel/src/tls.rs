@@ -7,7 +7,7 @@ use crate::{arch::cpu, clock};
 use alloc::{boxed::Box, sync::Arc};
 use vellum_crypto::{
     AttestError, Attestation, CertParams, EntropySource, Identity, KernelClock, ReportSource,
-    RngError, TlsOver, measure_bulk_ciphers, provider_for, server_config,
+    RngError, Ticketer, TlsOver, measure_bulk_ciphers, provider_for, server_config,
 };
 use vellum_net::{
     http::HttpSession,
@@ -54,6 +54,10 @@ impl ReportSource for Reports {
     }
 }
 
+/// The "UNIX time" of boot for rustls' ticket clock (2026-01-01): only
+/// differences matter (ticket age), see [`start`].
+const TICKET_CLOCK_BASE: u64 = 1_767_225_600;
+
 /// Generates the identity and adds HTTPS and TLS echo to `svc`.
 pub fn start(svc: &mut Services, snp: bool) -> Result<(), &'static str> {
     if !has_rdrand() {
@@ -76,8 +80,19 @@ pub fn start(svc: &mut Services, snp: bool) -> Result<(), &'static str> {
             "AES-GCM"
         }
     );
-    let config = server_config(&identity, provider_for(rng, speed), KernelClock::none())
-        .map_err(|_| "could not build the TLS configuration")?;
+    // Session resumption by stateless tickets under a per-boot key. rustls
+    // stamps tickets with the time and checks their age on return: the clock
+    // is time since boot on a fixed base (there is no trusted wall clock
+    // here, and tickets die with the boot anyway), never shown to anyone.
+    let ticketer = Ticketer::new(rng.clone()).ok_or("no entropy for the ticket key")?;
+    let uptime = KernelClock::new(|| Some(TICKET_CLOCK_BASE + clock::micros() / 1_000_000));
+    let config = server_config(
+        &identity,
+        provider_for(rng, speed),
+        uptime,
+        Some(Arc::new(ticketer)),
+    )
+    .map_err(|_| "could not build the TLS configuration")?;
     log::info!(
         "tls: fresh P-256 identity in {} us; certificate {} bytes",
         clock::micros() - t0,
