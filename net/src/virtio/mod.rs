@@ -10,6 +10,13 @@
 //!   use ([`queue`] does the ring part, [`net`] the header part);
 //! - copies each received frame out of the pool before anything parses it.
 //!
+//! Offloads, each only where the device offers it (QEMU does on a tap backend,
+//! not on user networking): TX checksum (`CSUM`), RX checksum (`GUEST_CSUM`),
+//! TCP segmentation (`HOST_TSO4`: 64 KiB segments from dedicated TSO buffers)
+//! and large receive (`MRG_RXBUF` + `GUEST_TSO4`: a frame of up to 64 KiB
+//! spread over several receive buffers, `num_buffers` validated, gathered
+//! into private memory).
+//!
 //! Layout facts come from the virtio 1.2 specification (OASIS): split
 //! virtqueues in §2.7, with the legacy contiguous layout in §2.7.2 ("Legacy
 //! Interfaces: A Note on Virtqueue Layout"); the legacy PCI register block in

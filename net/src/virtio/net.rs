@@ -890,9 +890,12 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
     /// notifies the RX queue if the device wants it. Called by `receive`
     /// when no copied frame is waiting; the kernel may call it too.
     ///
-    /// Each completion: id/len validated by the queue; the 10-byte header is
-    /// copied out once and must not ask for `NEEDS_CSUM` or GSO (we negotiated
-    /// neither); then `len - 10` bytes are copied into a private buffer. A
+    /// Each completion: id/len validated by the queue. A frame's first buffer:
+    /// its header (10 bytes, 12 with `MRG_RXBUF`) is read once into a local
+    /// and checked (`NEEDS_CSUM` only with `GUEST_CSUM`, GSO only TCPv4 with
+    /// `GUEST_TSO4`, `num_buffers` in 1..=[`MAX_MERGE`]); then the bytes after
+    /// it are copied into a private frame, and a merged frame's further
+    /// buffers are appended whole (at most [`MAX_LARGE_FRAME`] in all). A
     /// buffer whose completion was refused for its length or header is
     /// re-posted without its contents being read.
     pub fn poll_rx(&mut self) -> usize {
@@ -973,10 +976,14 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
                     // len ≤ BUF_SIZE (what was posted): validated by the queue.
                     let len = len as usize;
                     if frames.pending.is_some() {
-                        // A continuation buffer: frame bytes only.
+                        // A continuation buffer: frame bytes only. (It always
+                        // fits: num_buffers ≤ MAX_MERGE buffers of ≤ BUF_SIZE;
+                        // should it not, the frame is dropped, not stuck.)
                         if let Some(buf) = frames.large_next(len) {
                             mem.read_bytes(off, buf);
                             copied += len as u64;
+                        } else if let Some((num_buffers, bytes)) = frames.abandon_large() {
+                            guard.report(Violation::RxMerge { num_buffers, bytes });
                         }
                         if let Some((num_buffers, total)) = frames.large_done() {
                             if total > MAX_LARGE_FRAME {
