@@ -92,7 +92,7 @@ pub fn run(pool: Pool, snp: bool) -> Result<(), &'static str> {
         tso_buffers: 4,
         // Large receive where the device offers it (tap): segments of up to
         // 64 KiB gathered from the 2 KiB receive buffers into 4 private
-        // frames (264 KiB of heap).
+        // frames (272 KiB of heap).
         rx_large_frames: if cfg!(feature = "no-large-receive") {
             0
         } else {

@@ -49,7 +49,7 @@ pub struct Config {
     /// `VIRTIO_NET_F_GUEST_TSO4` (and RX checksum offload is on), the host
     /// may deliver TCP segments of up to 64 KiB spread over several receive
     /// buffers; they are gathered into this many private large frames
-    /// (about 66 KiB each). 0: no large receive.
+    /// (68 KiB each). 0: no large receive.
     pub rx_large_frames: u16,
 }
 
