@@ -143,7 +143,11 @@ pub fn connects_for_two_transfers(extra: &[&str], url: &str) -> String {
 pub fn metrics(port: u16) -> std::collections::BTreeMap<String, u64> {
     let r = Conn::open(port).get("/metrics");
     assert_eq!(r.status, 200);
-    let text = String::from_utf8(r.body).expect("utf-8 metrics");
+    parse_metrics(&String::from_utf8(r.body).expect("utf-8 metrics"))
+}
+
+/// Every sample of a `/metrics` text by full name.
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, u64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

@@ -37,11 +37,6 @@ pub fn image() -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    free_ports::<1>()[0]
-}
-
 /// `N` distinct free TCP ports on 127.0.0.1 (all held open until every one is
 /// chosen, so the kernel cannot hand out one twice). Another process may still
 /// take one before QEMU binds it: [`Guest::boot`] retries on that.
@@ -132,6 +127,17 @@ impl Drop for TapNs {
     }
 }
 
+/// `run-qemu.sh` arguments every guest gets: the image under test and a
+/// 15-minute limit.
+fn base_args() -> Vec<String> {
+    vec![
+        "--image".into(),
+        image().display().to_string(),
+        "--timeout".into(),
+        "900".into(),
+    ]
+}
+
 /// What QEMU prints when a forwarded host port is already taken.
 const PORT_TAKEN: &str = "Could not set up host forwarding rule";
 
@@ -182,13 +188,9 @@ impl Guest {
 
     /// Starts the image with extra `run-qemu.sh` arguments; does not wait.
     pub fn start(extra: &[&str]) -> Guest {
-        let image = image();
         let [http, echo, https, tls_echo] = free_ports::<4>();
-        let mut args: Vec<String> = vec![
-            "--image".into(),
-            image.display().to_string(),
-            "--timeout".into(),
-            "900".into(),
+        let mut args = base_args();
+        args.extend([
             "--http-port".into(),
             http.to_string(),
             "--echo-port".into(),
@@ -197,7 +199,7 @@ impl Guest {
             https.to_string(),
             "--tls-echo-port".into(),
             tls_echo.to_string(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         // Debugging aid: VELLUM_ITEST_PCAP=DIR records every guest's traffic
         // (QEMU's filter-dump on the user-net backend) to DIR/vellum-PORT.pcap.
@@ -220,14 +222,8 @@ impl Guest {
     /// (see [`TapNs`]); does not wait. No port forwards: the guest is at
     /// [`TapNs::GUEST`].
     pub fn start_on_tap(ns: &TapNs, extra: &[&str]) -> Guest {
-        let mut args: Vec<String> = vec![
-            "--image".into(),
-            image().display().to_string(),
-            "--timeout".into(),
-            "900".into(),
-            "--tap".into(),
-            TapNs::TAP.into(),
-        ];
+        let mut args = base_args();
+        args.extend(["--tap".into(), TapNs::TAP.into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let prefix = ["ip", "netns", "exec", ns.name.as_str()];
         Guest::spawn(&prefix, args, [80, 7, 443, 7443])

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use vellum_itest::{Guest, TapNs};
+use vellum_itest::{Guest, TapNs, http::parse_metrics};
 
 /// A byte-exact echo of `bytes`, client inside the namespace (Python: in
 /// the test set-up already).
@@ -70,12 +70,10 @@ fn echo_over_tap_moves_whole_tcp_segments_both_ways() {
         .arg(format!("http://{}/metrics", TapNs::GUEST))
         .output()
         .expect("curl in the namespace");
-    let text = String::from_utf8_lossy(&metrics.stdout);
+    let m = parse_metrics(&String::from_utf8_lossy(&metrics.stdout));
     let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        *m.get(name)
+            .unwrap_or_else(|| panic!("{name} missing from /metrics: {m:?}"))
     };
     let (tso, tx_packets) = (
         value("vellum_tx_tso_frames_total"),

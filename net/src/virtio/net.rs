@@ -312,8 +312,6 @@ struct RxPath {
     repost: Vec<u16>,
     /// Header bytes before each frame (10, or 12 with `MRG_RXBUF`).
     hdr_len: usize,
-    /// `MRG_RXBUF` negotiated: frames may span buffers.
-    merge: bool,
     /// `GUEST_TSO4` negotiated: TCPv4 GSO frames are expected.
     gso: bool,
     guard: Guard,
@@ -328,15 +326,10 @@ pub(crate) struct TxPath {
     queue: Queue,
     /// Pool offset of slot 0.
     bufs: usize,
-    /// Slots below this are small (`BUF_SIZE`) buffers; the rest are TSO
-    /// buffers.
-    small: u16,
-    /// Pool offset of TSO buffer 0 (slot `small`).
+    /// Pool offset of TSO buffer 0 (slot `free.small`).
     tso_bufs: usize,
-    /// Small slots we own.
-    free: Vec<u16>,
-    /// TSO slots we own.
-    tso_free: Vec<u16>,
+    /// The slots we own.
+    free: FreeSlots,
     /// TSO in use (`VIRTIO_NET_F_HOST_TSO4` negotiated, TSO buffers laid out).
     pub(crate) tso: bool,
     /// Header bytes before each frame (10, or 12 with `MRG_RXBUF`).
@@ -358,23 +351,34 @@ pub(crate) struct TxPath {
     notifies: u64,
 }
 
+/// The TX slots the driver owns: small ones (ids below `small`) and TSO ones.
+#[derive(Debug)]
+struct FreeSlots {
+    small: u16,
+    free: Vec<u16>,
+    tso: Vec<u16>,
+}
+
+impl FreeSlots {
+    /// Returns `slot` to its list.
+    fn give_back(&mut self, slot: u16) {
+        if slot < self.small {
+            self.free.push(slot);
+        } else {
+            self.tso.push(slot);
+        }
+    }
+}
+
 impl TxPath {
     /// Takes back every TX buffer the device validly completed.
     pub(crate) fn reclaim<M: SharedMem>(&mut self, mem: &M) {
-        let (free, tso_free, small) = (&mut self.free, &mut self.tso_free, self.small);
-        let mut give_back = |slot: u16| {
-            if slot < small {
-                free.push(slot);
-            } else {
-                tso_free.push(slot);
-            }
-        };
-        let guard = &mut self.guard;
+        let (free, guard) = (&mut self.free, &mut self.guard);
         self.queue.harvest(mem, usize::MAX, |u| match u {
-            Used::Done { slot, .. } => give_back(slot),
+            Used::Done { slot, .. } => free.give_back(slot),
             Used::Reclaimed { slot, violation } => {
                 guard.report(violation);
-                give_back(slot);
+                free.give_back(slot);
             }
             Used::Refused(violation) => guard.report(violation),
         });
@@ -385,10 +389,12 @@ impl TxPath {
     /// not). smoltcp asks for the right to send before it knows the size, so
     /// saying yes without a TSO buffer would drop its next large segment.
     pub(crate) fn has_free<M: SharedMem>(&mut self, mem: &M) -> bool {
-        if self.free.is_empty() || (self.tso && self.tso_free.is_empty()) {
+        let tso = self.tso;
+        let ready = move |f: &FreeSlots| !f.free.is_empty() && (!tso || !f.tso.is_empty());
+        if !ready(&self.free) {
             self.reclaim(mem);
         }
-        !self.free.is_empty() && (!self.tso || !self.tso_free.is_empty())
+        ready(&self.free)
     }
 
     /// Counts a transmit attempt that found the ring full.
@@ -424,17 +430,18 @@ impl TxPath {
             self.count_full();
             return self.drop_frame(len, f);
         }
-        let (slot, off) = if large {
-            let Some(slot) = self.tso_free.pop() else {
-                return self.drop_frame(len, f);
-            };
-            let i = usize::from(slot - self.small);
-            (slot, self.tso_bufs + i * TSO_BUF_SIZE)
+        let taken = if large {
+            self.free.tso.pop()
         } else {
-            let Some(slot) = self.free.pop() else {
-                return self.drop_frame(len, f);
-            };
-            (slot, self.bufs + usize::from(slot) * BUF_SIZE)
+            self.free.free.pop()
+        };
+        let Some(slot) = taken else {
+            return self.drop_frame(len, f);
+        };
+        let off = if large {
+            self.tso_bufs + usize::from(slot - self.free.small) * TSO_BUF_SIZE
+        } else {
+            self.bufs + usize::from(slot) * BUF_SIZE
         };
         let offload = self.offload;
         let (r, csum) = mem.fill(off + hdr_len, len, |frame| {
@@ -471,11 +478,7 @@ impl TxPath {
             // oversized frame on the wire. Cannot happen with smoltcp (it
             // only asks for TSO on TCP); give the buffer back.
             warn!("virtio-net: {len}-byte frame is not TSO-able, dropped");
-            if large {
-                self.tso_free.push(slot);
-            } else {
-                self.free.push(slot);
-            }
+            self.free.give_back(slot);
             return r;
         }
         mem.write_bytes(off, &hdr[..hdr_len]);
@@ -496,11 +499,9 @@ impl TxPath {
             if hdr[1] == NET_HDR_GSO_TCPV4 {
                 METRICS.tx_tso_frames.inc();
             }
-        } else if large {
-            // Unreachable (free slots are never device-owned); keep the slot.
-            self.tso_free.push(slot);
         } else {
-            self.free.push(slot);
+            // Unreachable (free slots are never device-owned); keep the slot.
+            self.free.give_back(slot);
         }
         r
     }
@@ -772,7 +773,6 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         let rx = RxPath {
             repost: Vec::with_capacity(usize::from(rxq.slots())),
             hdr_len,
-            merge,
             gso: negotiated & features::NET_F_GUEST_TSO4 != 0,
             queue: rxq,
             bufs: layout.rx_bufs,
@@ -782,9 +782,11 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
             notifies: 0,
         };
         let tx = TxPath {
-            free: (0..tx_n).rev().collect(),
-            tso_free: (tx_n..tx_n + tso_n).rev().collect(),
-            small: tx_n,
+            free: FreeSlots {
+                small: tx_n,
+                free: (0..tx_n).rev().collect(),
+                tso: (tx_n..tx_n + tso_n).rev().collect(),
+            },
             tso_bufs: layout.tso_bufs,
             tso: tso_n > 0,
             hdr_len,
@@ -882,7 +884,7 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
 
     /// Free TX buffers (without reclaiming).
     pub fn tx_free(&self) -> usize {
-        self.tx.free.len()
+        self.tx.free.free.len()
     }
 
     /// Harvests the RX used ring into private frames (at most as many as
@@ -949,7 +951,9 @@ impl<M: SharedMem, P: IoPorts> VirtioNet<M, P> {
         let mem = &self.mem;
         let frames = &mut self.frames;
         let rx = &mut self.rx;
-        let (bufs, hdr_len, merge) = (rx.bufs, rx.hdr_len, rx.merge);
+        let (bufs, hdr_len) = (rx.bufs, rx.hdr_len);
+        // `MRG_RXBUF` (12-byte header): a frame may span buffers.
+        let merge = hdr_len == NET_HDR_MRG_LEN;
         let repost = &mut rx.repost;
         let guard = &mut rx.guard;
         let (packets, bytes) = (&mut rx.packets, &mut rx.bytes);

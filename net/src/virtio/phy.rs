@@ -616,6 +616,77 @@ mod tests {
         out
     }
 
+    /// Echoes 2 MiB from A (client) through B (echo server), both with
+    /// 256 KiB socket buffers, byte-exact. `a_to_b` and `b_to_a` carry each
+    /// frame a device sent (header, frame) to the other side, the way the
+    /// test's host would.
+    fn echo_2mib(
+        a: &mut Rig,
+        b: &mut Rig,
+        mut a_to_b: impl FnMut(&mut Rig, [u8; NET_HDR_LEN], Vec<u8>),
+        mut b_to_a: impl FnMut(&mut Rig, [u8; NET_HDR_LEN], Vec<u8>),
+    ) {
+        let mut ia = iface(a, SRC);
+        let mut ib = iface(b, DST);
+        let mut sa = SocketSet::new(vec![]);
+        let mut sb = SocketSet::new(vec![]);
+        let big = || {
+            tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+                tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+            )
+        };
+        let ha = sa.add(big());
+        let hb = sb.add(big());
+        sb.get_mut::<tcp::Socket<'_>>(hb).listen(7).unwrap();
+        sa.get_mut::<tcp::Socket<'_>>(ha)
+            .connect(ia.context(), (IpAddress::v4(10, 0, 0, 2), 7), 49152)
+            .unwrap();
+        const TOTAL: usize = 2 * 1024 * 1024;
+        let data: Vec<u8> = (0..TOTAL).map(|i| (i * 13 % 251) as u8).collect();
+        let (mut sent, mut echoed) = (0usize, Vec::new());
+        let mut tmp = vec![0u8; 64 * 1024];
+        for step in 0..20_000i64 {
+            let now = Instant::from_millis(step);
+            let s = sa.get_mut::<tcp::Socket<'_>>(ha);
+            if s.can_send() && sent < TOTAL {
+                sent += s.send_slice(&data[sent..]).unwrap();
+            }
+            while s.can_recv() {
+                s.recv(|buf| {
+                    echoed.extend_from_slice(buf);
+                    (buf.len(), ())
+                })
+                .unwrap();
+            }
+            let s = sb.get_mut::<tcp::Socket<'_>>(hb);
+            if s.can_recv() && s.can_send() {
+                let room = s.send_capacity() - s.send_queue();
+                let n = s.recv_slice(&mut tmp[..room.min(64 * 1024)]).unwrap();
+                assert_eq!(s.send_slice(&tmp[..n]).unwrap(), n);
+            }
+            let _ = ia.poll(now, &mut a.drv, &mut sa);
+            a.drv.flush();
+            let _ = ib.poll(now, &mut b.drv, &mut sb);
+            b.drv.flush();
+            while let Some((hdr, f)) = a.dev.take_tx() {
+                a_to_b(b, hdr, f);
+            }
+            while let Some((hdr, f)) = b.dev.take_tx() {
+                b_to_a(a, hdr, f);
+            }
+            if echoed.len() == TOTAL {
+                break;
+            }
+        }
+        assert_eq!(echoed.len(), TOTAL, "echo incomplete");
+        assert!(echoed == data);
+        for r in [&*a, &*b] {
+            assert_eq!(r.drv.stats().ring_violations, 0);
+            check_invariants(r);
+        }
+    }
+
     /// TSO end to end: A negotiates `HOST_TSO4` and sends large TCP segments
     /// from TSO buffers; the test cuts them as a host would (checking the
     /// header and the checksum contract) and B's stack, verifying every
@@ -647,56 +718,12 @@ mod tests {
             [2, 0, 0, 0, 0, 0xb],
         );
         assert!(!b.drv.tso(), "TSO needs TX checksum offload");
-        let mut ia = iface(&mut a, SRC);
-        let mut ib = iface(&mut b, DST);
-        let mut sa = SocketSet::new(vec![]);
-        let mut sb = SocketSet::new(vec![]);
-        let big = || {
-            tcp::Socket::new(
-                tcp::SocketBuffer::new(vec![0; 256 * 1024]),
-                tcp::SocketBuffer::new(vec![0; 256 * 1024]),
-            )
-        };
-        let ha = sa.add(big());
-        let hb = sb.add(big());
-        sb.get_mut::<tcp::Socket<'_>>(hb).listen(7).unwrap();
-        sa.get_mut::<tcp::Socket<'_>>(ha)
-            .connect(ia.context(), (IpAddress::v4(10, 0, 0, 2), 7), 49152)
-            .unwrap();
-        const TOTAL: usize = 2 * 1024 * 1024;
         let counted = crate::metrics::METRICS.tx_tso_frames.get();
-        let data: Vec<u8> = (0..TOTAL).map(|i| (i * 13 % 251) as u8).collect();
-        let (mut sent, mut echoed) = (0usize, Vec::new());
         let (mut tso_frames, mut largest) = (0, 0);
-        for step in 0..20_000i64 {
-            let now = Instant::from_millis(step);
-            {
-                let s = sa.get_mut::<tcp::Socket<'_>>(ha);
-                if s.can_send() && sent < TOTAL {
-                    sent += s.send_slice(&data[sent..]).unwrap();
-                }
-                while s.can_recv() {
-                    s.recv(|buf| {
-                        echoed.extend_from_slice(buf);
-                        (buf.len(), ())
-                    })
-                    .unwrap();
-                }
-            }
-            {
-                let s = sb.get_mut::<tcp::Socket<'_>>(hb);
-                let mut tmp = vec![0u8; 64 * 1024];
-                if s.can_recv() && s.can_send() {
-                    let room = s.send_capacity() - s.send_queue();
-                    let n = s.recv_slice(&mut tmp[..room.min(64 * 1024)]).unwrap();
-                    assert_eq!(s.send_slice(&tmp[..n]).unwrap(), n);
-                }
-            }
-            let _ = ia.poll(now, &mut a.drv, &mut sa);
-            a.drv.flush();
-            let _ = ib.poll(now, &mut b.drv, &mut sb);
-            b.drv.flush();
-            while let Some((hdr, f)) = a.dev.take_tx() {
+        echo_2mib(
+            &mut a,
+            &mut b,
+            |b, hdr, f| {
                 if hdr[1] == NET_HDR_GSO_TCPV4 {
                     tso_frames += 1;
                     largest = largest.max(f.len());
@@ -709,24 +736,13 @@ mod tests {
                     assert!(f.len() <= MAX_FRAME, "a large frame without GSO");
                     assert!(b.dev.inject_rx(&f), "B's RX ring overflowed");
                 }
-            }
-            while let Some((_, f)) = b.dev.take_tx() {
-                assert!(a.dev.inject_rx(&f), "A's RX ring overflowed");
-            }
-            if echoed.len() == TOTAL {
-                break;
-            }
-        }
-        assert_eq!(echoed.len(), TOTAL, "echo incomplete");
-        assert!(echoed == data);
+            },
+            |a, _, f| assert!(a.dev.inject_rx(&f), "A's RX ring overflowed"),
+        );
         assert!(tso_frames > 20, "A sent {tso_frames} TSO frames");
         assert!(largest > 16 * 1024, "largest TSO frame {largest} bytes");
         // Counted on /metrics (other tests may add to the global counter).
         assert!(crate::metrics::METRICS.tx_tso_frames.get() - counted >= tso_frames as u64);
-        for r in [&a, &b] {
-            assert_eq!(r.drv.stats().ring_violations, 0);
-            check_invariants(r);
-        }
     }
 
     /// TSO meets large receive: A's TSO frames reach B whole, as merged
@@ -769,81 +785,25 @@ mod tests {
         );
         assert!(a.drv.tso());
         assert_ne!(b.drv.features() & NET_F_GUEST_TSO4, 0);
-        let mut ia = iface(&mut a, SRC);
-        let mut ib = iface(&mut b, DST);
-        let mut sa = SocketSet::new(vec![]);
-        let mut sb = SocketSet::new(vec![]);
-        let big = || {
-            tcp::Socket::new(
-                tcp::SocketBuffer::new(vec![0; 256 * 1024]),
-                tcp::SocketBuffer::new(vec![0; 256 * 1024]),
-            )
-        };
-        let ha = sa.add(big());
-        let hb = sb.add(big());
-        sb.get_mut::<tcp::Socket<'_>>(hb).listen(7).unwrap();
-        sa.get_mut::<tcp::Socket<'_>>(ha)
-            .connect(ia.context(), (IpAddress::v4(10, 0, 0, 2), 7), 49152)
-            .unwrap();
-        const TOTAL: usize = 2 * 1024 * 1024;
-        let data: Vec<u8> = (0..TOTAL).map(|i| (i * 7 % 253) as u8).collect();
-        let (mut sent, mut echoed) = (0usize, Vec::new());
         let mut whole = 0;
-        for step in 0..20_000i64 {
-            let now = Instant::from_millis(step);
-            {
-                let s = sa.get_mut::<tcp::Socket<'_>>(ha);
-                if s.can_send() && sent < TOTAL {
-                    sent += s.send_slice(&data[sent..]).unwrap();
-                }
-                while s.can_recv() {
-                    s.recv(|buf| {
-                        echoed.extend_from_slice(buf);
-                        (buf.len(), ())
-                    })
-                    .unwrap();
-                }
-            }
-            {
-                let s = sb.get_mut::<tcp::Socket<'_>>(hb);
-                let mut tmp = vec![0u8; 64 * 1024];
-                if s.can_recv() && s.can_send() {
-                    let room = s.send_capacity() - s.send_queue();
-                    let n = s.recv_slice(&mut tmp[..room.min(64 * 1024)]).unwrap();
-                    assert_eq!(s.send_slice(&tmp[..n]).unwrap(), n);
-                }
-            }
-            let _ = ia.poll(now, &mut a.drv, &mut sa);
-            a.drv.flush();
-            let _ = ib.poll(now, &mut b.drv, &mut sb);
-            b.drv.flush();
-            while let Some((hdr, f)) = a.dev.take_tx() {
-                if hdr[1] == NET_HDR_GSO_TCPV4 {
-                    whole += 1;
-                }
-                assert!(
-                    b.dev.inject_rx_merged(hdr[0], hdr[1], &f, None).is_some(),
-                    "B's RX ring overflowed"
-                );
-            }
-            while let Some((hdr, f)) = b.dev.take_tx() {
-                assert!(
-                    a.dev.inject_rx_merged(hdr[0], hdr[1], &f, None).is_some(),
-                    "A's RX ring overflowed"
-                );
-            }
-            if echoed.len() == TOTAL {
-                break;
-            }
-        }
-        assert_eq!(echoed.len(), TOTAL, "echo incomplete");
-        assert!(echoed == data);
+        let merged = |r: &mut Rig, hdr: [u8; NET_HDR_LEN], f: Vec<u8>| {
+            let side = if r.drv.mac()[5] == 0xa { "A" } else { "B" };
+            assert!(
+                r.dev.inject_rx_merged(hdr[0], hdr[1], &f, None).is_some(),
+                "{side}'s RX ring overflowed"
+            );
+        };
+        echo_2mib(
+            &mut a,
+            &mut b,
+            |b, hdr, f| {
+                whole += usize::from(hdr[1] == NET_HDR_GSO_TCPV4);
+                merged(b, hdr, f);
+            },
+            merged,
+        );
         assert!(whole > 20, "{whole} TSO frames received whole");
         let largest = a.drv.capabilities().segmentation.tcpv4.map(|n| n.get());
         assert_eq!(largest, Some(TSO_BUF_SIZE - super::super::NET_HDR_MRG_LEN));
-        for r in [&a, &b] {
-            assert_eq!(r.drv.stats().ring_violations, 0);
-            check_invariants(r);
-        }
     }
 }
