@@ -17,6 +17,10 @@
 //!    the one for this chip and REPORTED_TCB), `signature` (the report is
 //!    signed by the VCEK). Without them the signature is not checked and the
 //!    result is not a full attestation.
+//!
+//! `image verify --report FILE` runs the same checks on a saved report,
+//! offline, except the two that need the connection (`certificate`, and
+//! `report_data`, which is compared with `--report-data` when given).
 #![forbid(unsafe_code)]
 
 pub mod amd;
@@ -32,7 +36,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::snp::cli::{LAUNCH_OPTIONS, launch_args, measure_image, parse_measurement, parse_words};
+use crate::snp::cli::{
+    Args, LAUNCH_OPTIONS, launch_args, measure_image, parse_measurement, parse_words,
+};
 use amd::{Cert, CertDir, TrustedArk};
 use report::{POLICY_DEBUG, POLICY_RESERVED_ONE, REPORT_LEN, Report, SIG_ALGO_ECDSA_P384_SHA384};
 
@@ -48,6 +54,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `image verify --help`.
 pub const VERIFY_USAGE: &str = "\
 Usage: image verify --url https://HOST:PORT (--measurement HEX | --image PATH) [OPTIONS]
+       image verify --report FILE (--measurement HEX | --image PATH) [--report-data HEX]
+                    [--certs DIR [--trust-ark SHA256]] [--allow-debug] [--format text|json]
 
 Remote attestation of a running Vellum guest. Connects over TLS (the guest's
 certificate is self-signed and is not checked against any CA: the attestation
@@ -59,6 +67,10 @@ version and signature algorithm and, with --certs, AMD's certificate chain
 ARK -> ASK -> VCEK and the report's signature. Without --certs the signature
 is NOT checked and the result is not a full attestation. Exits non-zero if any
 check fails.
+
+With --report FILE instead of --url, checks a saved 1184-byte report offline:
+the same checks except the TLS certificate binding; REPORT_DATA is compared
+with --report-data when given (otherwise it is not checked).
 
 Options:
   --url https://HOST[:PORT]  the guest's HTTPS service [port default: 443]
@@ -77,6 +89,9 @@ Options:
                              Turin roots only]
   --allow-debug              accept a guest whose policy allows debugging
   --save-report FILE         write the raw 1184-byte report to FILE
+  --report FILE              check this saved report instead of connecting
+                             (excludes --url, --nonce, --save-report, --timeout)
+  --report-data HEX          with --report: the expected REPORT_DATA, 128 hex digits
   --timeout SECS             connect/read timeout [default: 30]
   --format text|json         output [default: text]
   -h, --help                 print this help
@@ -448,6 +463,41 @@ fn check_version(report: &Report) -> Result<String, String> {
     ))
 }
 
+/// The checks of the report's contents: `measurement`, `policy`, `vmpl`,
+/// `version`.
+fn content_checks(r: &Report, measurement: &[u8; 48], allow_debug: bool) -> Vec<Check> {
+    vec![
+        check("measurement", check_measurement(r, measurement)),
+        check("policy", check_policy(r, allow_debug)),
+        check("vmpl", check_vmpl(r)),
+        check("version", check_version(r)),
+    ]
+}
+
+/// With AMD's certificates `chain`, `vcek` and `signature`; without them a
+/// `signature` warning.
+fn amd_checks(
+    r: &Report,
+    certs: Option<&CertDir>,
+    trusted_arks: &[TrustedArk],
+    now: SystemTime,
+) -> Vec<Check> {
+    match certs {
+        Some(certs) => vec![
+            check("chain", amd::verify_chain(certs, trusted_arks, now)),
+            check("vcek", amd::verify_vcek_binding(&certs.vcek, r)),
+            check("signature", amd::verify_report_signature(&certs.vcek, r)),
+        ],
+        None => vec![Check {
+            name: "signature",
+            status: Status::Warn,
+            detail: "NOT checked (no --certs): nothing shows the report comes from an AMD \
+                     processor, so this is NOT a full attestation"
+                .into(),
+        }],
+    }
+}
+
 /// The checks of an attestation, given the handshake certificate.
 pub fn check_attestation(peer_cert: &[u8], att: &Attestation, opts: &Options) -> Vec<Check> {
     let r = &att.report;
@@ -457,38 +507,112 @@ pub fn check_attestation(peer_cert: &[u8], att: &Attestation, opts: &Options) ->
             "report_data",
             check_report_data(peer_cert, att, &opts.nonce),
         ),
-        check("measurement", check_measurement(r, &opts.measurement)),
-        check("policy", check_policy(r, opts.allow_debug)),
-        check("vmpl", check_vmpl(r)),
-        check("version", check_version(r)),
     ];
-    match &opts.certs {
-        Some(certs) => {
-            checks.push(check(
-                "chain",
-                amd::verify_chain(certs, &opts.trusted_arks, opts.now),
-            ));
-            checks.push(check("vcek", amd::verify_vcek_binding(&certs.vcek, r)));
-            checks.push(check(
-                "signature",
-                amd::verify_report_signature(&certs.vcek, r),
-            ));
-        }
-        None => checks.push(Check {
-            name: "signature",
-            status: Status::Warn,
-            detail: "NOT checked (no --certs): nothing shows the report comes from an AMD \
-                     processor, so this is NOT a full attestation"
-                .into(),
-        }),
-    }
+    checks.extend(content_checks(r, &opts.measurement, opts.allow_debug));
+    checks.extend(amd_checks(
+        r,
+        opts.certs.as_ref(),
+        &opts.trusted_arks,
+        opts.now,
+    ));
     checks
+}
+
+/// What `image verify --report` checks a saved report against.
+#[derive(Clone, Debug)]
+pub struct ReportOptions {
+    /// The report file (1184 bytes).
+    pub path: PathBuf,
+    /// Expected launch digest.
+    pub measurement: [u8; 48],
+    /// Expected REPORT_DATA (`--report-data`), if given.
+    pub report_data: Option<[u8; 64]>,
+    /// AMD certificates, if given.
+    pub certs: Option<CertDir>,
+    /// Trusted ARKs (AMD's, plus `--trust-ark`).
+    pub trusted_arks: Vec<TrustedArk>,
+    /// Accept DEBUG policy.
+    pub allow_debug: bool,
+    /// The time certificates must be valid at.
+    pub now: SystemTime,
+}
+
+fn check_expected_report_data(report: &Report, expected: Option<&[u8; 64]>) -> Check {
+    let have = report.report_data();
+    match expected {
+        Some(want) if have == want => Check {
+            name: "report_data",
+            status: Status::Ok,
+            detail: format!("REPORT_DATA = --report-data {}", short(want)),
+        },
+        Some(want) => Check {
+            name: "report_data",
+            status: Status::Fail,
+            detail: format!(
+                "REPORT_DATA {} is not the expected {}: the report was made for other data \
+                 (another key or nonce)",
+                short(have),
+                short(want)
+            ),
+        },
+        None => Check {
+            name: "report_data",
+            status: Status::Warn,
+            detail: format!(
+                "REPORT_DATA {} NOT checked (no --report-data): nothing binds this report to \
+                 a key or a nonce",
+                short(have)
+            ),
+        },
+    }
+}
+
+/// The checks of a saved report (`image verify --report`): those of
+/// [`check_attestation`] but the TLS binding; REPORT_DATA only against
+/// `--report-data`.
+pub fn check_report(report: &Report, opts: &ReportOptions) -> Vec<Check> {
+    let mut checks = vec![check_expected_report_data(
+        report,
+        opts.report_data.as_ref(),
+    )];
+    checks.extend(content_checks(report, &opts.measurement, opts.allow_debug));
+    checks.extend(amd_checks(
+        report,
+        opts.certs.as_ref(),
+        &opts.trusted_arks,
+        opts.now,
+    ));
+    checks
+}
+
+/// Reads and checks a saved report. `Err` when there is nothing to check.
+pub fn verify_report_file(opts: &ReportOptions) -> Result<Outcome, String> {
+    let bytes = std::fs::read(&opts.path)
+        .map_err(|e| format!("--report: cannot read {}: {e}", opts.path.display()))?;
+    let report = Report::from_bytes(&bytes).ok_or_else(|| {
+        format!(
+            "--report: {} is {} bytes, not a {REPORT_LEN}-byte SEV-SNP attestation report \
+             (as --save-report writes it)",
+            opts.path.display(),
+            bytes.len()
+        )
+    })?;
+    let checks = check_report(&report, opts);
+    Ok(Outcome {
+        url: String::new(),
+        nonce: Vec::new(),
+        tls_version: String::new(),
+        peer_cert: Vec::new(),
+        report_file: Some(opts.path.clone()),
+        report,
+        checks,
+    })
 }
 
 /// Everything `image verify` found.
 #[derive(Clone, Debug)]
 pub struct Outcome {
-    /// The URL.
+    /// The URL (empty for `--report`).
     pub url: String,
     /// Our nonce.
     pub nonce: Vec<u8>,
@@ -496,6 +620,9 @@ pub struct Outcome {
     pub tls_version: String,
     /// The handshake certificate (DER).
     pub peer_cert: Vec<u8>,
+    /// `--report`: the saved report checked offline (`url`, `nonce`,
+    /// `tls_version` and `peer_cert` are then empty).
+    pub report_file: Option<PathBuf>,
     /// The report.
     pub report: Report,
     /// The checks, in order.
@@ -514,14 +641,27 @@ impl Outcome {
     }
 
     fn verdict(&self) -> String {
-        let failed: Vec<_> = self
-            .checks
-            .iter()
-            .filter(|c| c.status == Status::Fail)
-            .map(|c| c.name)
-            .collect();
+        let named = |status: Status| -> Vec<&str> {
+            self.checks
+                .iter()
+                .filter(|c| c.status == status)
+                .map(|c| c.name)
+                .collect()
+        };
+        let failed = named(Status::Fail);
         if !failed.is_empty() {
             format!("FAILED ({})", failed.join(", "))
+        } else if self.report_file.is_some() {
+            if self.full() {
+                "VERIFIED: the saved report is signed by a VCEK of a trusted ARK and has the \
+                 expected contents (offline: not bound to a TLS connection)"
+                    .into()
+            } else {
+                format!(
+                    "PASSED the report checks, but {} NOT checked: NOT a full attestation",
+                    named(Status::Warn).join(", ")
+                )
+            }
         } else if self.full() {
             "VERIFIED: full attestation (AMD chain and signature checked)".into()
         } else {
@@ -534,12 +674,18 @@ impl Outcome {
     /// The text output.
     pub fn text(&self) -> String {
         let r = &self.report;
-        let mut s = format!(
-            "attestation of {} ({}, nonce {})\n",
-            self.url,
-            self.tls_version,
-            hex::encode(&self.nonce)
-        );
+        let mut s = match &self.report_file {
+            Some(path) => format!(
+                "saved report {} (offline: no TLS connection to bind it to)\n",
+                path.display()
+            ),
+            None => format!(
+                "attestation of {} ({}, nonce {})\n",
+                self.url,
+                self.tls_version,
+                hex::encode(&self.nonce)
+            ),
+        };
         s.push_str(&format!(
             "  report: version {}, policy {:#x}, VMPL {}, guest SVN {}, reported TCB {:#018x}, \
              chip ID {}\n",
@@ -565,11 +711,13 @@ impl Outcome {
     /// The JSON output.
     pub fn json(&self) -> Value {
         let r = &self.report;
+        let online = self.report_file.is_none();
         json!({
-            "url": self.url,
-            "nonce": hex::encode(&self.nonce),
-            "tls_version": self.tls_version,
-            "certificate_sha256": hex::encode(&Sha256::digest(&self.peer_cert)),
+            "url": online.then(|| self.url.clone()),
+            "report_file": self.report_file.as_ref().map(|p| p.display().to_string()),
+            "nonce": online.then(|| hex::encode(&self.nonce)),
+            "tls_version": online.then(|| self.tls_version.clone()),
+            "certificate_sha256": online.then(|| hex::encode(&Sha256::digest(&self.peer_cert))),
             "verified": self.passed(),
             "full_attestation": self.full(),
             "result": self.verdict(),
@@ -611,6 +759,7 @@ pub fn verify(opts: &Options) -> Result<Outcome, String> {
         nonce: opts.nonce.clone(),
         tls_version: fetched.tls_version,
         peer_cert: fetched.peer_cert,
+        report_file: None,
         report: att.report,
         checks,
     })
@@ -625,10 +774,15 @@ pub struct CommandOutput {
     pub passed: bool,
 }
 
-/// Parses the command line into [`Options`] (plus `--format`,
-/// `--save-report`); `Ok(None)` for `--help`. Reads `--image` and `--certs`,
-/// but does not connect.
-pub fn parse_args(args: &[String]) -> Result<Option<(Options, String, Option<PathBuf>)>, String> {
+/// Options of both forms of `image verify`.
+const COMMON_OPTIONS: &[&str] = &["--measurement", "--certs", "--trust-ark", "--format"];
+/// Options of `image verify --url` only.
+const URL_OPTIONS: &[&str] = &["--url", "--nonce", "--save-report", "--timeout"];
+/// Options of `image verify --report` only.
+const REPORT_OPTIONS: &[&str] = &["--report", "--report-data"];
+
+/// `--allow-debug` (a flag), and the other words parsed as `--name value`.
+fn parse_verify_words(args: &[String]) -> Result<(bool, Args), String> {
     let allow_debug = args.iter().any(|a| a == "--allow-debug");
     let rest: Vec<String> = args
         .iter()
@@ -636,27 +790,86 @@ pub fn parse_args(args: &[String]) -> Result<Option<(Options, String, Option<Pat
         .cloned()
         .collect();
     let mut names = LAUNCH_OPTIONS.to_vec();
-    names.extend_from_slice(&[
-        "--url",
-        "--measurement",
-        "--nonce",
-        "--certs",
-        "--trust-ark",
-        "--save-report",
-        "--timeout",
-        "--format",
-    ]);
-    let a = parse_words(&rest, &names, "verify")?;
-    if a.help {
-        return Ok(None);
-    }
+    names.extend_from_slice(COMMON_OPTIONS);
+    names.extend_from_slice(URL_OPTIONS);
+    names.extend_from_slice(REPORT_OPTIONS);
+    Ok((allow_debug, parse_words(&rest, &names, "verify")?))
+}
+
+fn parse_format(a: &Args) -> Result<String, String> {
     let format = a.get("--format").unwrap_or("text").to_string();
     if format != "text" && format != "json" {
         return Err(format!("--format: '{format}' is not text or json"));
     }
+    Ok(format)
+}
+
+/// The expected launch digest: `--measurement`, or computed from `--image`.
+fn expected_measurement(a: &Args) -> Result<[u8; 48], String> {
+    let launch_given = LAUNCH_OPTIONS.iter().any(|n| a.get(n).is_some());
+    match a.get("--measurement") {
+        Some(m) => {
+            if launch_given {
+                return Err(
+                    "--measurement excludes --image/--vcpus/--vcpu-type/--vcpu-sig/--guest-features"
+                        .into(),
+                );
+            }
+            parse_measurement(m)
+        }
+        None if a.get("--image").is_some() => Ok(measure_image(&launch_args(a)?)?.digest),
+        None => Err(
+            "give the expected launch digest: --measurement HEX, or --image PATH to compute it"
+                .into(),
+        ),
+    }
+}
+
+/// AMD's ARKs, plus `--trust-ark`.
+fn trusted_arks(a: &Args) -> Result<Vec<TrustedArk>, String> {
+    let mut trusted_arks = amd::amd_arks();
+    if let Some(t) = a.get("--trust-ark") {
+        let h = hex::decode_array(t.trim())
+            .ok_or_else(|| format!("--trust-ark: '{t}' is not 64 hex digits"))?;
+        trusted_arks.push(TrustedArk {
+            spki_sha256: h,
+            name: "ARK trusted by --trust-ark".into(),
+        });
+    }
+    Ok(trusted_arks)
+}
+
+fn cert_dir(a: &Args) -> Result<Option<CertDir>, String> {
+    match a.get("--certs") {
+        Some(dir) => Ok(Some(
+            amd::load_dir(Path::new(dir)).map_err(|e| format!("--certs: {e}"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Parses the command line into [`Options`] (plus `--format`,
+/// `--save-report`); `Ok(None)` for `--help`. Reads `--image` and `--certs`,
+/// but does not connect.
+pub fn parse_args(args: &[String]) -> Result<Option<(Options, String, Option<PathBuf>)>, String> {
+    let (allow_debug, a) = parse_verify_words(args)?;
+    if a.help {
+        return Ok(None);
+    }
+    if a.get("--report").is_some() {
+        return Err("--report checks a saved report offline: give it without --url".into());
+    }
+    if a.get("--report-data").is_some() {
+        return Err(
+            "--report-data is for --report: with --url, REPORT_DATA is computed from the TLS \
+             certificate and the nonce"
+                .into(),
+        );
+    }
+    let format = parse_format(&a)?;
     let url = a
         .get("--url")
-        .ok_or("--url https://HOST:PORT is required")?
+        .ok_or("--url https://HOST:PORT is required (or --report FILE for a saved report)")?
         .to_string();
     fetch::parse_url(&url)?;
     let nonce = match a.get("--nonce") {
@@ -676,39 +889,9 @@ pub fn parse_args(args: &[String]) -> Result<Option<(Options, String, Option<Pat
         ),
         None => DEFAULT_TIMEOUT,
     };
-    let launch_given = LAUNCH_OPTIONS.iter().any(|n| a.get(n).is_some());
-    let measurement = match a.get("--measurement") {
-        Some(m) => {
-            if launch_given {
-                return Err(
-                    "--measurement excludes --image/--vcpus/--vcpu-type/--vcpu-sig/--guest-features"
-                        .into(),
-                );
-            }
-            parse_measurement(m)?
-        }
-        None if a.get("--image").is_some() => measure_image(&launch_args(&a)?)?.digest,
-        None => {
-            return Err(
-                "give the expected launch digest: --measurement HEX, or --image PATH to compute \
-                 it"
-                .into(),
-            );
-        }
-    };
-    let mut trusted_arks = amd::amd_arks();
-    if let Some(t) = a.get("--trust-ark") {
-        let h = hex::decode_array(t.trim())
-            .ok_or_else(|| format!("--trust-ark: '{t}' is not 64 hex digits"))?;
-        trusted_arks.push(TrustedArk {
-            spki_sha256: h,
-            name: "ARK trusted by --trust-ark".into(),
-        });
-    }
-    let certs = match a.get("--certs") {
-        Some(dir) => Some(amd::load_dir(Path::new(dir)).map_err(|e| format!("--certs: {e}"))?),
-        None => None,
-    };
+    let measurement = expected_measurement(&a)?;
+    let trusted_arks = trusted_arks(&a)?;
+    let certs = cert_dir(&a)?;
     let opts = Options {
         url,
         measurement,
@@ -726,9 +909,77 @@ pub fn parse_args(args: &[String]) -> Result<Option<(Options, String, Option<Pat
     )))
 }
 
+/// Parses `image verify --report FILE ...` into [`ReportOptions`] (plus
+/// `--format`); `Ok(None)` for `--help`. Reads `--image` and `--certs`, not
+/// the report.
+pub fn parse_report_args(args: &[String]) -> Result<Option<(ReportOptions, String)>, String> {
+    let (allow_debug, a) = parse_verify_words(args)?;
+    if a.help {
+        return Ok(None);
+    }
+    let path = a
+        .get("--report")
+        .ok_or("--report FILE is required")?
+        .to_string();
+    if a.get("--url").is_some() {
+        return Err("give --url (a running guest) or --report (a saved report), not both".into());
+    }
+    if let Some(n) = URL_OPTIONS.iter().find(|n| a.get(n).is_some()) {
+        return Err(format!(
+            "{n} is only for a running guest (--url); leave it out with --report"
+        ));
+    }
+    let format = parse_format(&a)?;
+    let report_data =
+        match a.get("--report-data") {
+            Some(d) => {
+                let t = d.trim();
+                let t = t.strip_prefix("0x").unwrap_or(t);
+                Some(hex::decode_array(t).ok_or_else(|| {
+                    format!("--report-data: '{d}' is not 128 hex digits (64 bytes)")
+                })?)
+            }
+            None => None,
+        };
+    let opts = ReportOptions {
+        path: PathBuf::from(path),
+        measurement: expected_measurement(&a)?,
+        report_data,
+        certs: cert_dir(&a)?,
+        trusted_arks: trusted_arks(&a)?,
+        allow_debug,
+        now: SystemTime::now(),
+    };
+    Ok(Some((opts, format)))
+}
+
+fn render(outcome: &Outcome, format: &str) -> CommandOutput {
+    let text = if format == "json" {
+        format!("{:#}\n", outcome.json())
+    } else {
+        outcome.text()
+    };
+    CommandOutput {
+        text,
+        passed: outcome.passed(),
+    }
+}
+
 /// `image verify`: returns what it would print. `Err` when nothing could be
 /// checked.
 pub fn verify_command(args: &[String]) -> Result<CommandOutput, String> {
+    let offline = args
+        .iter()
+        .any(|a| a == "--report" || a.starts_with("--report="));
+    if offline {
+        let Some((opts, format)) = parse_report_args(args)? else {
+            return Ok(CommandOutput {
+                text: VERIFY_USAGE.to_string(),
+                passed: true,
+            });
+        };
+        return Ok(render(&verify_report_file(&opts)?, &format));
+    }
     let Some((opts, format, save)) = parse_args(args)? else {
         return Ok(CommandOutput {
             text: VERIFY_USAGE.to_string(),
@@ -740,15 +991,7 @@ pub fn verify_command(args: &[String]) -> Result<CommandOutput, String> {
         std::fs::write(&path, outcome.report.bytes())
             .map_err(|e| format!("--save-report: cannot write {}: {e}", path.display()))?;
     }
-    let text = if format == "json" {
-        format!("{:#}\n", outcome.json())
-    } else {
-        outcome.text()
-    };
-    Ok(CommandOutput {
-        text,
-        passed: outcome.passed(),
-    })
+    Ok(render(&outcome, &format))
 }
 
 /// Runs `image verify` with the words after the subcommand.

@@ -349,8 +349,14 @@ pub fn verify_vcek_binding(vcek: &Cert, report: &Report) -> Result<String, Strin
         let raw = vcek
             .extension(EXT_HW_ID)
             .ok_or("VCEK has no hardware ID extension (is it a VLEK?)")?;
-        let hwid =
-            OctetString::from_der(raw).map_or_else(|_| raw.to_vec(), |o| o.into_bytes().into_vec());
+        // AMD's KDS puts the 64 bytes in the extension value as they are;
+        // accept a DER OCTET STRING around them too. A raw ID is taken as
+        // is: it could happen to parse as DER (04 3E ...).
+        let hwid = if raw.len() == report.chip_id().len() {
+            raw.to_vec()
+        } else {
+            OctetString::from_der(raw).map_or_else(|_| raw.to_vec(), |o| o.into_bytes().into_vec())
+        };
         if hwid != report.chip_id() {
             return Err(format!(
                 "VCEK hardware ID {}… is not the report's CHIP_ID {}…",

@@ -1072,3 +1072,261 @@ fn expected_report_data_formula() {
     let want: [u8; 64] = Sha512::digest(&m).into();
     assert_eq!(expected_report_data(spki, &nonce), want);
 }
+
+// ---------------------------------------------------------------------------
+// `image verify --report`: a saved report, offline
+
+/// A scratch file path for a report.
+fn report_file(bytes: &[u8]) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "vellum-verify-report-{}-{}.bin",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn saved_report_is_checked_offline() {
+    let p = pki();
+    let dir = cert_dir(&p.vcek);
+    let (cert, _) = self_signed("vellum");
+    let nonce = hex::decode(NONCE).unwrap();
+    let report = guest_report(&cert, &nonce, &Tamper::default());
+    let rd = hex::encode(&report[off::REPORT_DATA..off::REPORT_DATA + 64]);
+    let good = report_file(&report);
+    let base = format!(
+        "--measurement {} --certs {} --trust-ark {}",
+        hex::encode(&MEASUREMENT),
+        dir.display(),
+        hex::encode(&p.ark_trust.spki_sha256)
+    );
+    let run = |file: &PathBuf, extra: &str| {
+        verify_command(&words(&format!(
+            "--report {} {base} {extra}",
+            file.display()
+        )))
+        .unwrap()
+    };
+
+    // Everything checked: verified, with the offline checks in order.
+    let out = run(&good, &format!("--report-data {rd} --format json"));
+    assert!(out.passed, "{}", out.text);
+    let j: Value = serde_json::from_str(&out.text).unwrap();
+    assert_eq!(j["full_attestation"], true, "{}", out.text);
+    assert_eq!(j["url"], Value::Null);
+    assert_eq!(j["report_file"], good.display().to_string());
+    let names: Vec<_> = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "report_data",
+            "measurement",
+            "policy",
+            "vmpl",
+            "version",
+            "chain",
+            "vcek",
+            "signature"
+        ]
+    );
+    let out = run(&good, &format!("--report-data {rd}"));
+    assert!(
+        out.text.contains("result: VERIFIED: the saved report"),
+        "{}",
+        out.text
+    );
+    assert!(out.text.contains("offline"), "{}", out.text);
+
+    // Without --report-data: passes, but says what was not checked.
+    let out = run(&good, "");
+    assert!(out.passed, "{}", out.text);
+    assert!(out.text.contains("WARN  report_data"), "{}", out.text);
+    assert!(
+        out.text
+            .contains("but report_data NOT checked: NOT a full attestation"),
+        "{}",
+        out.text
+    );
+
+    // Other REPORT_DATA than expected.
+    let out = run(&good, &format!("--report-data {}", "ab".repeat(64)));
+    assert!(!out.passed);
+    assert!(out.text.contains("FAIL  report_data"), "{}", out.text);
+    assert!(
+        out.text.contains("result: FAILED (report_data)"),
+        "{}",
+        out.text
+    );
+
+    // A signed byte changed (HOST_DATA, which no other check reads): only the
+    // signature fails.
+    let mut bytes = report;
+    bytes[off::HOST_DATA] ^= 1;
+    let flipped = report_file(&bytes);
+    let out = run(&flipped, &format!("--report-data {rd}"));
+    assert!(!out.passed);
+    assert!(
+        out.text.contains("result: FAILED (signature)"),
+        "{}",
+        out.text
+    );
+
+    // The same report without trusting the test ARK: the chain fails.
+    let out = verify_command(&words(&format!(
+        "--report {} --measurement {} --certs {}",
+        good.display(),
+        hex::encode(&MEASUREMENT),
+        dir.display()
+    )))
+    .unwrap();
+    assert!(!out.passed);
+    assert!(out.text.contains("result: FAILED (chain)"), "{}", out.text);
+
+    // Another measurement expected.
+    let out = verify_command(&words(&format!(
+        "--report {} --measurement {} --certs {} --trust-ark {}",
+        good.display(),
+        hex::encode(&[0u8; 48]),
+        dir.display(),
+        hex::encode(&p.ark_trust.spki_sha256)
+    )))
+    .unwrap();
+    assert!(
+        out.text.contains("result: FAILED (measurement)"),
+        "{}",
+        out.text
+    );
+
+    // A VCEK for another key.
+    let other = cert_dir(&p.other_vcek);
+    let out = verify_command(&words(&format!(
+        "--report {} --measurement {} --certs {} --trust-ark {}",
+        good.display(),
+        hex::encode(&MEASUREMENT),
+        other.display(),
+        hex::encode(&p.ark_trust.spki_sha256)
+    )))
+    .unwrap();
+    assert!(
+        out.text.contains("result: FAILED (signature)"),
+        "{}",
+        out.text
+    );
+
+    for path in [good, flipped] {
+        let _ = std::fs::remove_file(path);
+    }
+    for d in [dir, other] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn saved_real_amd_report_verifies_offline() {
+    let r = milan_report();
+    let path = milan_dir().join("report.bin");
+    let args = format!(
+        "--report {} --measurement {} --report-data {} --certs {}",
+        path.display(),
+        hex::encode(r.measurement()),
+        hex::encode(r.report_data()),
+        milan_dir().display()
+    );
+    let out = verify_command(&words(&args)).unwrap();
+    assert!(out.passed, "{}", out.text);
+    assert!(out.text.contains("AMD ARK-Milan"), "{}", out.text);
+    assert!(
+        out.text.contains("result: VERIFIED: the saved report"),
+        "{}",
+        out.text
+    );
+}
+
+#[test]
+fn saved_report_argument_errors() {
+    let m = hex::encode(&MEASUREMENT);
+    let short_file = report_file(&[0u8; 100]);
+    let f = short_file.display();
+    let cases = [
+        (
+            format!("--report {f} --measurement {m} --url https://h:1"),
+            "--url (a running guest) or --report (a saved report), not both",
+        ),
+        (
+            format!("--report {f} --measurement {m} --nonce 00"),
+            "--nonce is only for a running guest",
+        ),
+        (
+            format!("--report {f} --measurement {m} --save-report x"),
+            "--save-report is only for a running guest",
+        ),
+        (
+            format!("--report {f} --measurement {m} --report-data 12"),
+            "not 128 hex digits",
+        ),
+        (
+            format!("--report {f}"),
+            "--measurement HEX, or --image PATH",
+        ),
+        (
+            format!("--report /nonexistent/r.bin --measurement {m}"),
+            "cannot read /nonexistent/r.bin",
+        ),
+        (
+            format!("--report {f} --measurement {m}"),
+            "100 bytes, not a 1184-byte",
+        ),
+        (
+            format!("--url https://h:1 --measurement {m} --report-data 00"),
+            "--report-data is for --report",
+        ),
+    ];
+    for (args, want) in cases {
+        let e = verify_command(&words(&args)).unwrap_err();
+        assert!(e.contains(want), "{args}: {e}");
+    }
+    assert_eq!(
+        verify_command(&words(&format!("--report {f} --help")))
+            .unwrap()
+            .text,
+        VERIFY_USAGE
+    );
+    let _ = std::fs::remove_file(short_file);
+}
+
+#[test]
+fn raw_hardware_id_that_parses_as_der_is_taken_as_is() {
+    // AMD's VCEKs hold the 64-byte chip ID raw. One that begins 04 3E is
+    // also a well-formed DER OCTET STRING of 62 bytes: it must still match.
+    let mut chip_id = [0x5a; 64];
+    chip_id[0] = 0x04;
+    chip_id[1] = 0x3e;
+    let p = pki();
+    let mut extensions = vcek_extensions();
+    let hw = extensions.last_mut().unwrap();
+    hw.extn_value = OctetString::new(chip_id.to_vec()).unwrap();
+    let vcek = rsa_cert(
+        &rsa_key("ask.key.pem"),
+        "SEV-Test",
+        "SEV-VCEK",
+        p384_spki(&p.vcek_key),
+        extensions,
+    );
+    let mut bytes = [0u8; REPORT_LEN];
+    bytes[off::REPORTED_TCB..off::REPORTED_TCB + 8].copy_from_slice(&REPORTED_TCB.to_le_bytes());
+    bytes[off::CHIP_ID..off::CHIP_ID + 64].copy_from_slice(&chip_id);
+    let r = Report::from_bytes(&bytes).unwrap();
+    let ok = amd::verify_vcek_binding(&vcek, &r).unwrap();
+    assert!(ok.contains("hardware ID = CHIP_ID"), "{ok}");
+    bytes[off::CHIP_ID + 63] ^= 1;
+    let e = amd::verify_vcek_binding(&vcek, &Report::from_bytes(&bytes).unwrap()).unwrap_err();
+    assert!(e.contains("CHIP_ID"), "{e}");
+}
