@@ -39,6 +39,9 @@ pub struct Handoff {
     /// (MSR protocol 0x012), always the first page of the pool; the kernel keeps
     /// using it. 0 without SNP.
     pub ghcb: u64,
+    /// Under SEV-SNP: VMGEXITs boot made (MSR protocol and GHCB NAE calls,
+    /// the PSCs of memory validation among them). 0 without SNP.
+    pub boot_vmgexits: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Handoff>() <= layout::PAGE_SIZE as usize);

@@ -11,7 +11,8 @@
  * before the first CPUID, detects SEV, takes the C-bit and checks it against the
  * CPUID page, and builds page tables with the C-bit on every private mapping.
  * Every failure under SEV-ES/SNP is a GHCB MSR-protocol termination request
- * (reason codes: vellum_boot::snp::msr_protocol::TerminateReason).
+ * (reason codes: vellum_boot::snp::msr_protocol::TerminateReason, whose values
+ * come in as the term_* operands; the table is docs/snp-termination.md).
  *
  * Register use across the mode switches: ESI:EDI hold the TSC read at reset
  * until the boot stack exists; EBP holds the C-bit mask while the tables are

@@ -6,6 +6,10 @@
 //! includes the same file (`#[path]` in `kernel/src/sev/ghcb.rs`). Both run
 //! identity-mapped with the GHCB at the first page of the shared pool, which
 //! boot maps without the C-bit and registers with the hypervisor.
+//!
+//! Every VMGEXIT made through here is counted in [`EXITS`] by kind (each stage
+//! has its own copy of the static: boot hands its total to the kernel, the
+//! kernel shows its own on `/metrics`).
 
 use core::{
     arch::asm,
@@ -15,10 +19,13 @@ use core::{
 use vellum_boot::{
     layout,
     snp::{
-        ghcb::{GHCB_SIZE, GhcbMem, Hypervisor},
+        ghcb::{ExitCounters, ExitKind, GHCB_SIZE, GhcbMem, Hypervisor},
         msr_protocol::{self, GHCB_MSR, TerminateReason},
     },
 };
+
+/// VMGEXITs of this stage, by kind.
+pub static EXITS: ExitCounters = ExitCounters::new();
 
 /// GPA of the GHCB: the first page of the shared pool.
 pub const GHCB_GPA: u64 = layout::POOL_BASE;
@@ -60,6 +67,7 @@ pub fn vmgexit() {
 
 /// One GHCB MSR-protocol exchange: write `request`, VMGEXIT, read the response.
 pub fn msr_protocol_exchange(request: u64) -> u64 {
+    EXITS.count(ExitKind::MsrProtocol);
     write_ghcb_msr(request);
     vmgexit();
     read_ghcb_msr()
@@ -134,7 +142,8 @@ impl GhcbMem for PageMem {
 pub struct Vmgexit;
 
 impl Hypervisor for Vmgexit {
-    fn vmgexit(&mut self) {
+    fn vmgexit(&mut self, exit_code: u64) {
+        EXITS.count(ExitKind::of(exit_code));
         write_ghcb_msr(GHCB_GPA);
         fence(Ordering::SeqCst);
         vmgexit();

@@ -196,7 +196,7 @@ mod firmware {
 
     #[panic_handler]
     fn panic(info: &PanicInfo<'_>) -> ! {
-        fail(format_args!("panic: {info}"))
+        fail_with(TerminateReason::PANIC, format_args!("panic: {info}"))
     }
 
     /// Reads `len` bytes of the fw_cfg item `select` into `buf`.
@@ -270,15 +270,29 @@ mod firmware {
         unsafe { core::ptr::read_volatile((base as *const u64).add(index)) }
     }
 
-    /// SEV-SNP setup before anything else: GHCB, C-bit check against the CPUID
-    /// page. Returns the parsed CPUID page.
-    fn snp_early(c_bit: u64) -> CpuidPage {
+    /// SEV-SNP setup before anything else. Returns the parsed CPUID page.
+    ///
+    /// 1. Whether this guest may run at all: SEV_STATUS has no feature bit
+    ///    Vellum does not implement (else set 0 code 2), and it runs at VMPL0
+    ///    (RMPADJUST probe, else `NOT_VMPL0`). This is the earliest safe
+    ///    place: `entry.s` has only read SEV_STATUS, asked the hypervisor for
+    ///    CPUID through the MSR protocol and built page tables, all inside
+    ///    launch-validated memory; RMPADJUST needs long mode's page tables (a
+    ///    C-bit mapping of a private, validated page: the early page); and
+    ///    nothing has been shared, registered, validated or read from the
+    ///    secrets page yet. Both checks need no GHCB (termination is an
+    ///    MSR-protocol request), so nothing is asked of the hypervisor first.
+    /// 2. The GHCB: protocol version, features, shared, registered.
+    /// 3. The C-bit check against the CPUID page.
+    fn snp_early(sev_status: u64, c_bit: u64) -> CpuidPage {
         sev::enter_snp();
+        sev::check_sev_features(sev_status);
+        sev::check_vmpl0();
         let hv_c_bit = sev::setup_ghcb();
         Serial::init();
         let _ = writeln!(
             Serial,
-            "vellum-boot: SEV-SNP guest; GHCB registered at {:#x}",
+            "vellum-boot: snp: GHCB registered at {:#x}",
             sev::GHCB_GPA
         );
         // A private copy of the PSP-filtered CPUID page, parsed once.
@@ -310,6 +324,10 @@ mod firmware {
                 ),
             );
         }
+        let _ = writeln!(
+            Serial,
+            "vellum-boot: snp: active, C-bit {c_bit}, VMPL0 (SEV_STATUS {sev_status:#x})"
+        );
         page
     }
 
@@ -338,14 +356,16 @@ mod firmware {
         let touch = Touch::from_cpuid_8000_001f_ebx(ebx);
         match validate::validate_plan(&plan, &mut sev::BootValidator, &mut set, touch) {
             Ok(st) => {
+                let pages = st.pages_2m * 512 + st.pages_4k;
                 let _ = writeln!(
                     Serial,
-                    "vellum-boot: validated {} KiB ({} x 2M, {} x 4K, {} fallbacks, touch {:?})",
-                    plan.bytes() >> 10,
-                    st.pages_2m,
-                    st.pages_4k,
-                    st.fallbacks,
-                    touch
+                    "vellum-boot: snp: validated {pages} pages ({} MiB)",
+                    (pages * layout::PAGE_SIZE) >> 20
+                );
+                let _ = writeln!(
+                    Serial,
+                    "vellum-boot: snp: {} x 2M, {} x 4K, {} 2M->4K fallbacks, touch {:?}",
+                    st.pages_2m, st.pages_4k, st.fallbacks, touch
                 );
             }
             Err(e) => {
@@ -370,7 +390,7 @@ mod firmware {
     extern "C" fn boot_main(tsc_at_reset: u64, sev_status: u64, c_bit: u64) -> ! {
         let snp = sev_status & sev::SEV_STATUS_SNP != 0;
         let cpuid_page = if snp {
-            Some(snp_early(c_bit))
+            Some(snp_early(sev_status, c_bit))
         } else {
             Serial::init();
             None
@@ -486,6 +506,15 @@ mod firmware {
         // SAFETY: as above: reserved, page-aligned, written only here.
         unsafe { boot_info.write(info) };
 
+        let _ = writeln!(
+            Serial,
+            "vellum-boot: {} MiB RAM, kernel {:#x}..{:#x}, entry {:#x}",
+            map.ram_bytes() >> 20,
+            layout::KERNEL_BASE,
+            header.image_end(),
+            header.entry
+        );
+        // Last: boot's VMGEXIT count includes that line.
         let handoff = Handoff {
             magic: abi::HANDOFF_MAGIC,
             tsc_at_reset,
@@ -497,18 +526,11 @@ mod firmware {
             kernel_stack: [stack_start, stack_end],
             ram_bytes: map.ram_bytes(),
             pool: [layout::POOL_BASE, layout::POOL_END],
+            boot_vmgexits: if snp { sev::vmgexits() } else { 0 },
         };
         // SAFETY: the hand-off page is reserved and page-aligned; written only here.
         unsafe { (abi::HANDOFF_ADDR as *mut Handoff).write(handoff) };
 
-        let _ = writeln!(
-            Serial,
-            "vellum-boot: {} MiB RAM, kernel {:#x}..{:#x}, entry {:#x}",
-            map.ram_bytes() >> 20,
-            layout::KERNEL_BASE,
-            header.image_end(),
-            header.entry
-        );
         // SAFETY: the entry point was checked to lie in an executable kernel
         // segment that was just loaded; the stack is reserved RAM; the kernel's
         // `_start` follows the System V ABI and never returns. RSP is aligned so

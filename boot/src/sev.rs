@@ -14,7 +14,10 @@
 //!   written to it (conversion is destructive, reference §1.7), then zeroed and
 //!   registered (0x012/0x013);
 //! * every failure is a termination request (MSR 0x100) with a reason from
-//!   `TerminateReason`: fail closed.
+//!   `TerminateReason` (`docs/snp-termination.md`): fail closed.
+//!
+//! Before any of that, [`check_sev_features`] and [`check_vmpl0`] decide
+//! whether this guest may run at all (`vellum_boot::snp::sev_status`).
 
 use core::{
     arch::asm,
@@ -28,12 +31,13 @@ use vellum_boot::{
         ghcb::{Ghcb, GhcbError, GhcbMem, IoSize},
         msr_protocol::{self, HvFeatures, SevInfo, TerminateReason},
         psc::PscError,
+        sev_status::{self, RMPADJUST_4K, RMPADJUST_VMPL1_NO_ACCESS},
         validate::Validator,
     },
 };
 
 /// SEV_STATUS bit 2: SEV-SNP active (reference §4).
-pub const SEV_STATUS_SNP: u64 = 1 << 2;
+pub const SEV_STATUS_SNP: u64 = sev_status::SNP_ENABLED;
 
 pub use crate::ghcb_page::{GHCB_GPA, PageMem, Vmgexit, terminate};
 
@@ -78,6 +82,56 @@ pub fn is_snp() -> bool {
 /// every failure terminates.
 pub fn enter_snp() {
     set_port_mode(PortMode::Unavailable);
+}
+
+/// Terminates (set 0, code 2 "SEV-SNP features not supported", as Linux
+/// `snp_check_features`) if SEV_STATUS has a feature bit Vellum does not
+/// implement. Uses only the MSR protocol, so it works before the GHCB exists.
+pub fn check_sev_features(sev_status: u64) {
+    if sev_status::unsupported_features(sev_status) != 0 {
+        terminate(TerminateReason::SNP_UNSUPPORTED);
+    }
+}
+
+/// RMPADJUST (F3 0F 01 FE): RAX = page VA, RCX = page size, RDX = attributes.
+/// Returns EAX.
+fn rmpadjust(va: u64, size: u64, attrs: u64) -> u32 {
+    let rax: u64;
+    // SAFETY: RMPADJUST changes only the permissions a *less* privileged VMPL
+    // has on the page at `va` (the caller passes a private, validated boot
+    // page and target VMPL 1, where nothing runs); it reads and writes no
+    // memory through RAX, and only EAX and rFLAGS change. CPL 0.
+    unsafe {
+        asm!(
+            ".byte 0xF3, 0x0F, 0x01, 0xFE",
+            inout("rax") va => rax,
+            in("rcx") size,
+            in("rdx") attrs,
+            options(nostack)
+        )
+    };
+    rax as u32
+}
+
+/// Terminates with `NOT_VMPL0` unless the guest runs at VMPL0: RMPADJUST of
+/// the early page (SNP_SEC_MEM: private, validated at launch as a 4 KiB page,
+/// identity-mapped with the C-bit through the boot PT0) to take VMPL1's
+/// access away succeeds only at VMPL0 (`sev_status` module docs; Linux
+/// `enforce_vmpl0`).
+pub fn check_vmpl0() {
+    let eax = rmpadjust(
+        layout::BOOT_EARLY_PAGE,
+        RMPADJUST_4K,
+        RMPADJUST_VMPL1_NO_ACCESS,
+    );
+    if sev_status::check_vmpl0_probe(eax).is_err() {
+        terminate(TerminateReason::NOT_VMPL0);
+    }
+}
+
+/// VMGEXITs boot made so far (all kinds).
+pub fn vmgexits() -> u64 {
+    crate::ghcb_page::EXITS.total()
 }
 
 /// One GHCB MSR-protocol exchange: write `request`, VMGEXIT, read the response.

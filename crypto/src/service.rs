@@ -22,9 +22,13 @@
 //!  "certificate":"<base64 DER>","report":"<base64, 1184 bytes>"}
 //! ```
 //!
-//! The nonce is 0 to 32 bytes of hex. Without SEV-SNP the answer is `503` with
-//! `{"error":"not running under SEV-SNP",...}`. Requests are rate-limited
-//! (the host throttles SNP guest requests anyway): `429` when too frequent.
+//! The nonce is 0 to 32 bytes of hex. Requests are rate-limited (the host
+//! throttles SNP guest requests anyway): `429` when too frequent. When there is
+//! no report the answer is `503` with `{"error":"...","detail":"..."}`
+//! ([`AttestError`]): without SEV-SNP (`not running under SEV-SNP`); when the
+//! SNP guest request fails (`the SNP guest request failed`, `the host stayed
+//! busy`: VMPCK0 is then wiped, see `vellum_boot::snp::guest_msg`); and on
+//! every request after that (`attestation is disabled`).
 
 use alloc::{boxed::Box, format, string::String, sync::Arc, vec::Vec};
 use core::{
@@ -52,10 +56,40 @@ pub const REPORT_LEN: usize = 1184;
 pub enum AttestError {
     /// The guest does not run under SEV-SNP (no VMPCK, no guest requests).
     NotSnp,
-    /// The SNP guest request failed; the key is burnt (no further reports).
+    /// This SNP guest request failed (a host or firmware error, or a response
+    /// that did not check out); the key is now burnt.
     Failed,
-    /// The host asked us to retry later (busy).
+    /// The host answered BUSY for longer than the guest waits; the key is now
+    /// burnt.
     Busy,
+    /// An earlier request failed and burnt the key (or the secrets page had
+    /// none): no reports for the rest of this boot.
+    Disabled,
+}
+
+impl AttestError {
+    /// One sentence for the client: what happened and what it means.
+    pub fn detail(&self) -> &'static str {
+        match self {
+            AttestError::NotSnp => {
+                "this Vellum runs without SEV-SNP (e.g. plain QEMU/TCG): it has no attestation \
+                 report to give"
+            }
+            AttestError::Failed => {
+                "the host or the SNP firmware answered the guest request wrongly, so the guest \
+                 wiped its message key (VMPCK0) and gives no more reports until it is restarted"
+            }
+            AttestError::Busy => {
+                "the host answered busy for too long, so the guest wiped its message key \
+                 (VMPCK0) and gives no more reports until it is restarted"
+            }
+            AttestError::Disabled => {
+                "an earlier SNP guest request failed and the guest wiped its message key \
+                 (VMPCK0), because a message sequence number must never be used twice; restart \
+                 the guest to get reports again"
+            }
+        }
+    }
 }
 
 impl fmt::Display for AttestError {
@@ -63,7 +97,8 @@ impl fmt::Display for AttestError {
         f.write_str(match self {
             AttestError::NotSnp => "not running under SEV-SNP",
             AttestError::Failed => "the SNP guest request failed",
-            AttestError::Busy => "the host is busy; retry later",
+            AttestError::Busy => "the host stayed busy",
+            AttestError::Disabled => "attestation is disabled",
         })
     }
 }
@@ -141,17 +176,12 @@ impl Attestation {
         };
         let report = match self.source.report(&rd) {
             Ok(r) => r,
-            Err(e @ AttestError::NotSnp) => {
+            Err(e) => {
                 return json(
                     Status::ServiceUnavailable,
-                    error_json(
-                        &format!("{e}"),
-                        "this Vellum runs without SEV-SNP (e.g. plain QEMU/TCG): it has no \
-                         attestation report to give",
-                    ),
+                    error_json(&format!("{e}"), e.detail()),
                 );
             }
-            Err(e) => return json(Status::ServiceUnavailable, error_json(&format!("{e}"), "")),
         };
         let b64 = base64::engine::general_purpose::STANDARD;
         let body = format!(
@@ -357,5 +387,112 @@ impl Session for TlsOver {
 
     fn deadline(&self) -> Option<Instant> {
         self.inner.deadline()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use core::sync::atomic::AtomicU32;
+
+    /// Answers with `results` in turn (the last one repeats), counting calls.
+    struct Source {
+        results: Vec<Result<(), AttestError>>,
+        calls: Arc<AtomicU32>,
+    }
+
+    impl ReportSource for Source {
+        fn report(&self, report_data: &[u8; 64]) -> Result<[u8; REPORT_LEN], AttestError> {
+            let i = self.calls.fetch_add(1, Ordering::Relaxed) as usize;
+            let r = self.results[i.min(self.results.len() - 1)];
+            r.map(|()| {
+                let mut report = [0u8; REPORT_LEN];
+                report[0x50..0x90].copy_from_slice(report_data);
+                report
+            })
+        }
+    }
+
+    fn attestation(results: Vec<Result<(), AttestError>>) -> (Attestation, Arc<AtomicU32>) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let clock = Arc::new(AtomicI64::new(0));
+        let c = clock.clone();
+        let a = Attestation::new(
+            vec![0x30, 0x00],
+            vec![0x30, 0x01, 0x02],
+            Box::new(Source {
+                results,
+                calls: calls.clone(),
+            }),
+            // Every call is a second later: the rate limit never bites.
+            Box::new(move || c.fetch_add(1_000_000, Ordering::Relaxed)),
+            1000,
+        );
+        (a, calls)
+    }
+
+    fn body(r: &Response) -> String {
+        String::from_utf8(r.body.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_report_binds_the_key_and_nonce() {
+        let (a, calls) = attestation(vec![Ok(())]);
+        let r = a.answer(Some("nonce=00ff"));
+        assert_eq!(r.status, Status::Ok);
+        let b = body(&r);
+        let rd = report_data(&[0x30, 0x01, 0x02], &[0x00, 0xff]).unwrap();
+        assert!(
+            b.contains(&format!("\"report_data\":\"{}\"", hex(&rd))),
+            "{b}"
+        );
+        assert!(b.contains("\"nonce\":\"00ff\""), "{b}");
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn every_failure_is_a_503_with_a_sentence() {
+        for e in [
+            AttestError::NotSnp,
+            AttestError::Failed,
+            AttestError::Busy,
+            AttestError::Disabled,
+        ] {
+            let (a, _) = attestation(vec![Err(e)]);
+            let r = a.answer(None);
+            assert_eq!(r.status, Status::ServiceUnavailable, "{e:?}");
+            let b = body(&r);
+            assert!(
+                b.starts_with(&format!("{{\"error\":\"{e}\",\"detail\":\"")),
+                "{b}"
+            );
+            assert!(e.detail().len() > 40 && e.detail().is_ascii(), "{e:?}");
+            assert!(!e.detail().contains(['"', '\\']), "{e:?}: not JSON-safe");
+        }
+    }
+
+    /// After the request that burnt the key, the route keeps answering 503
+    /// "attestation is disabled" (the kernel's source says so) and the
+    /// client can tell it apart from a transient failure.
+    #[test]
+    fn burnt_key_stays_burnt() {
+        let (a, calls) = attestation(vec![
+            Ok(()),
+            Err(AttestError::Failed),
+            Err(AttestError::Disabled),
+        ]);
+        assert_eq!(a.answer(None).status, Status::Ok);
+        let r = a.answer(None);
+        assert_eq!(r.status, Status::ServiceUnavailable);
+        assert!(body(&r).contains("wiped its message key"));
+        for _ in 0..3 {
+            let r = a.answer(Some("nonce=01"));
+            assert_eq!(r.status, Status::ServiceUnavailable);
+            let b = body(&r);
+            assert!(b.contains("\"error\":\"attestation is disabled\""), "{b}");
+            assert!(b.contains("restart the guest"), "{b}");
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 5);
     }
 }

@@ -7,7 +7,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use vellum_boot::snp::guest_msg::{Aead, GuestMsgError, IV_LEN, TAG_LEN};
 
 /// AES-256-GCM with a VMPCK. The key lives in ring's key schedule (private
-/// memory); drop the value as soon as the request is done.
+/// memory); [`VmpckAead::wipe`] overwrites it when the key is burnt.
 pub struct VmpckAead {
     key: LessSafeKey,
 }
@@ -18,18 +18,26 @@ impl core::fmt::Debug for VmpckAead {
     }
 }
 
+fn key_schedule(vmpck: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, vmpck).expect("AES-256 takes a 32-byte key"))
+}
+
 impl VmpckAead {
     /// A cipher keyed with the 32-byte `vmpck`.
     pub fn new(vmpck: &[u8; 32]) -> Self {
-        let key = UnboundKey::new(&AES_256_GCM, vmpck).expect("AES-256 takes a 32-byte key");
         VmpckAead {
-            key: LessSafeKey::new(key),
+            key: key_schedule(vmpck),
         }
     }
-}
 
-impl Aead for VmpckAead {
-    fn seal(&mut self, iv: &[u8; IV_LEN], aad: &[u8], data: &mut [u8]) -> [u8; TAG_LEN] {
+    /// Encrypts `data` in place; returns the tag (the [`Aead::seal`] of the
+    /// guest-message framing, callable without naming the trait).
+    pub fn seal_in_place(
+        &mut self,
+        iv: &[u8; IV_LEN],
+        aad: &[u8],
+        data: &mut [u8],
+    ) -> [u8; TAG_LEN] {
         let tag = self
             .key
             .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*iv), Aad::from(aad), data)
@@ -39,14 +47,19 @@ impl Aead for VmpckAead {
         out
     }
 
-    fn open(
+    /// Authenticates and decrypts `data` in place; on failure zeroes `data`
+    /// and returns `false`.
+    pub fn open_in_place(
         &mut self,
         iv: &[u8; IV_LEN],
         aad: &[u8],
         data: &mut [u8],
         tag: &[u8; TAG_LEN],
-    ) -> Result<(), GuestMsgError> {
-        let tag = Tag::try_from(&tag[..]).map_err(|_| GuestMsgError::AuthFailed)?;
+    ) -> bool {
+        let Ok(tag) = Tag::try_from(&tag[..]) else {
+            data.fill(0);
+            return false;
+        };
         match self.key.open_in_place_separate_tag(
             Nonce::assume_unique_for_key(*iv),
             Aad::from(aad),
@@ -54,13 +67,46 @@ impl Aead for VmpckAead {
             data,
             0..,
         ) {
-            Ok(_) => Ok(()),
+            Ok(_) => true,
             Err(_) => {
                 // No unauthenticated plaintext may survive.
                 data.fill(0);
-                Err(GuestMsgError::AuthFailed)
+                false
             }
         }
+    }
+
+    /// Overwrites the key schedule in place with that of the all-zero key.
+    /// ring keeps the schedule inline and does not zeroize it on drop, so
+    /// this is what erases VMPCK0 from the cipher's memory (the `black_box`
+    /// keeps the store from being optimised away before a drop).
+    pub fn wipe(&mut self) {
+        self.key = key_schedule(&[0; 32]);
+        core::hint::black_box(&self.key);
+    }
+}
+
+impl Aead for VmpckAead {
+    fn seal(&mut self, iv: &[u8; IV_LEN], aad: &[u8], data: &mut [u8]) -> [u8; TAG_LEN] {
+        self.seal_in_place(iv, aad, data)
+    }
+
+    fn open(
+        &mut self,
+        iv: &[u8; IV_LEN],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), GuestMsgError> {
+        if self.open_in_place(iv, aad, data, tag) {
+            Ok(())
+        } else {
+            Err(GuestMsgError::AuthFailed)
+        }
+    }
+
+    fn wipe(&mut self) {
+        VmpckAead::wipe(self);
     }
 }
 
@@ -92,6 +138,28 @@ mod tests {
         assert_eq!(tag.to_vec(), h("eca5aa77d51d4a0a14d9c51e1da474ab"));
         a.open(&iv, &aad, &mut data, &tag).unwrap();
         assert_eq!(data, h("2d71bcfa914e4ac045b2aa60955fad24"));
+    }
+
+    /// After `wipe` the cipher holds the all-zero key: what VMPCK0 sealed no
+    /// longer opens, and it seals exactly what a fresh zero-key cipher seals.
+    #[test]
+    fn wipe_replaces_the_key() {
+        let key = [0x5Au8; 32];
+        let iv = [1u8; 12];
+        let mut a = VmpckAead::new(&key);
+        let mut data = *b"sixteen byte msg";
+        let tag = a.seal(&iv, b"aad", &mut data);
+        Aead::wipe(&mut a);
+        let mut copy = data;
+        assert_eq!(
+            a.open(&iv, b"aad", &mut copy, &tag),
+            Err(GuestMsgError::AuthFailed)
+        );
+        assert_eq!(copy, [0; 16], "no plaintext after a failed open");
+        let (mut x, mut y) = (*b"sixteen byte msg", *b"sixteen byte msg");
+        let t1 = a.seal(&iv, b"", &mut x);
+        let t2 = VmpckAead::new(&[0; 32]).seal(&iv, b"", &mut y);
+        assert_eq!((x, t1), (y, t2));
     }
 
     /// A request sealed by our framing decrypts with the same key the way the

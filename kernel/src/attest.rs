@@ -1,139 +1,122 @@
 //! SNP attestation reports through the guest-request protocol (MSG_REPORT_REQ,
 //! SNP firmware ABI 56860 "Guest messages"; `snp-reference.md` §5).
 //!
-//! The request is built and sealed in private memory with VMPCK0 (read from
-//! the secrets page, which stays private), copied into the shared request page
-//! of the pool, sent with the GHCB guest-request NAE, and the response page is
-//! copied back into private memory before it is authenticated and decrypted.
-//! Sequence numbers strictly increase and are never reused; a BUSY host gets
-//! the identical message again; any other failure burns the key: VMPCK0 is
-//! wiped, so no IV can ever be reused.
+//! The rules live in `vellum_boot::snp::guest_msg::GuestChannel` (host-tested):
+//! a sequence number is taken before a message leaves the guest and is never
+//! used again; BUSY gets the identical sealed page again, within
+//! [`BusyPolicy::VELLUM`] (every 100 ms for at most 3 s, by the kernel's TSC
+//! clock, at most 30 resends); any failure burns the key. This module is the
+//! hardware half ([`Host`]): the copies to and from the shared request and
+//! response pages of the pool, the guest-request NAE, the clock, and wiping
+//! VMPCK0.
+//!
+//! VMPCK0 is read from the secrets page once, on the first request, into the
+//! channel's cipher (on the heap, which the panic handler wipes); the secrets
+//! page's copy is wiped right away, so the cipher is the only copy the guest
+//! keeps. Burning the key overwrites the cipher's key schedule and drops it;
+//! every later request gets [`AttestError::Disabled`] (`503` on
+//! `/attestation`).
 
-use crate::sev;
-use alloc::{boxed::Box, vec};
-use core::{
-    intrinsics::volatile_copy_nonoverlapping_memory,
-    ptr::{read_volatile, write_volatile},
-};
+use crate::{clock, sev};
+use alloc::boxed::Box;
+use core::intrinsics::volatile_copy_nonoverlapping_memory;
 use spin::Mutex;
 use vellum_boot::{
     layout,
     snp::{
         ghcb::GuestRequestStatus,
-        guest_msg::{self, MAX_PAYLOAD, MSG_PAGE_SIZE, MsgParams, Sequence},
+        guest_msg::{
+            BusyPolicy, GuestChannel, GuestMsgError, GuestRequestHost, MSG_PAGE_SIZE, REPORT_SIZE,
+        },
     },
 };
 use vellum_crypto::{AttestError, snp::VmpckAead};
 
-static SEQUENCE: Mutex<Sequence> = Mutex::new(Sequence::new());
-
-/// How often a BUSY answer is retried (with the same message).
-const BUSY_RETRIES: u32 = 100;
+/// The guest-request channel under VMPCK0, made on the first request.
+static CHANNEL: Mutex<Option<Box<GuestChannel<VmpckAead>>>> = Mutex::new(None);
 
 fn shared_page(pool_offset: u64) -> *mut u8 {
     (layout::POOL_BASE + pool_offset) as *mut u8
 }
 
-/// Reads VMPCK0 from the secrets page into a private buffer.
-fn vmpck0() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        let p = (layout::SNP_SECRETS_PAGE + sev::VMPCK0_OFFSET + i as u64) as *const u8;
-        // SAFETY: the secrets page is launch-validated private memory at a
-        // fixed, identity-mapped address (ASEV type 2); reading it has no side
-        // effects.
-        *b = unsafe { read_volatile(p) };
-    }
-    key
-}
+/// The host side of a guest request (`GuestRequestHost`'s contract).
+#[derive(Debug)]
+struct Host;
 
-/// Burns the key after a failure other than BUSY.
-fn burn(seq: &mut Sequence) -> AttestError {
-    seq.burn();
-    for i in 0..32u64 {
-        let p = (layout::SNP_SECRETS_PAGE + sev::VMPCK0_OFFSET + i) as *mut u8;
-        // SAFETY: as in `vmpck0`; zeroing VMPCK0 only disables further guest
-        // requests, which is the point.
-        unsafe { write_volatile(p, 0) };
+impl GuestRequestHost for Host {
+    fn send(&mut self, request: &[u8; MSG_PAGE_SIZE]) -> GuestRequestStatus {
+        let req = shared_page(sev::GUEST_REQUEST_PAGE);
+        // SAFETY: pool page 1 is reserved for guest requests (the NIC driver's
+        // range starts after the reserved pages); it is shared, identity-mapped
+        // and page-sized; the copy is volatile (the host may read it at any
+        // time) and reads only the private `request`.
+        unsafe { volatile_copy_nonoverlapping_memory(req, request.as_ptr(), MSG_PAGE_SIZE) };
+        sev::guest_request(req as u64, shared_page(sev::GUEST_RESPONSE_PAGE) as u64)
     }
-    log::error!("attestation: guest request failed; VMPCK0 wiped, no further reports");
-    AttestError::Failed
-}
 
-/// A report whose REPORT_DATA is `report_data`.
-pub fn report(report_data: &[u8; 64]) -> Result<[u8; 1184], AttestError> {
-    if !sev::is_snp() {
-        return Err(AttestError::NotSnp);
+    fn receive(&mut self, response: &mut [u8; MSG_PAGE_SIZE]) {
+        let resp = shared_page(sev::GUEST_RESPONSE_PAGE);
+        // SAFETY: pool page 2 is reserved for guest-request responses (as
+        // above); one volatile copy into private memory, which is all that is
+        // parsed afterwards.
+        unsafe { volatile_copy_nonoverlapping_memory(response.as_mut_ptr(), resp, MSG_PAGE_SIZE) };
     }
-    let mut seq = SEQUENCE.lock();
-    let Ok(seqno) = seq.next_request() else {
-        return Err(AttestError::Failed);
-    };
-    let mut key = vmpck0();
-    if key.iter().all(|&b| b == 0) {
-        return Err(AttestError::Failed);
-    }
-    let mut aead = VmpckAead::new(&key);
-    key.fill(0);
 
-    let mut request: Box<[u8; MSG_PAGE_SIZE]> = Box::new([0; MSG_PAGE_SIZE]);
-    let payload = guest_msg::report_request(report_data, 0);
-    if guest_msg::seal_request(&mut request, &mut aead, seqno, MsgParams::REPORT, &payload).is_err()
-    {
-        return Err(burn(&mut seq));
+    fn now_us(&mut self) -> u64 {
+        clock::micros()
     }
-    let (req, resp) = (
-        shared_page(sev::GUEST_REQUEST_PAGE),
-        shared_page(sev::GUEST_RESPONSE_PAGE),
-    );
-    // SAFETY: pool pages 1 and 2 are reserved for guest requests (the NIC
-    // driver's range starts after them); they are shared, identity-mapped and
-    // page-sized; the copy is volatile and reads only private memory.
-    unsafe { volatile_copy_nonoverlapping_memory(req, request.as_ptr(), MSG_PAGE_SIZE) };
 
-    let mut status = GuestRequestStatus::from_info2(0);
-    for _ in 0..BUSY_RETRIES {
-        status = sev::guest_request(req as u64, resp as u64);
-        if status.vmm_error != GuestRequestStatus::VMM_ERR_BUSY {
-            break;
-        }
-        for _ in 0..1_000_000 {
+    fn pause_us(&mut self, us: u64) {
+        let end = clock::micros().saturating_add(us);
+        // Bounded even if the TSC stood still (its value is the host's).
+        for _ in 0..us.saturating_mul(1000) {
+            if clock::micros() >= end {
+                break;
+            }
             core::hint::spin_loop();
         }
     }
-    if status.vmm_error == GuestRequestStatus::VMM_ERR_BUSY {
-        // Not sent: the same sequence number may be used again later.
-        return Err(AttestError::Busy);
+
+    fn wipe_key(&mut self) {
+        sev::wipe_vmpck0();
     }
-    if !status.is_ok() {
-        log::error!(
-            "attestation: guest request: vmm error {}, firmware error {:#x}",
-            status.vmm_error,
-            status.fw_error
-        );
-        return Err(burn(&mut seq));
-    }
-    // Decrypt from a private copy: the host may change the shared page.
-    let mut response: Box<[u8; MSG_PAGE_SIZE]> = Box::new([0; MSG_PAGE_SIZE]);
-    // SAFETY: as above; one volatile copy of the shared response page.
-    unsafe { volatile_copy_nonoverlapping_memory(response.as_mut_ptr(), resp, MSG_PAGE_SIZE) };
-    let mut plain = vec![0u8; MAX_PAYLOAD];
-    let n = match guest_msg::open_response(
-        &response,
-        &mut aead,
-        seqno,
-        MsgParams::REPORT,
-        &mut plain,
-    ) {
-        Ok(n) => n,
-        Err(e) => {
-            log::error!("attestation: bad response: {e:?}");
-            return Err(burn(&mut seq));
-        }
+}
+
+/// Builds the channel from the secrets page's VMPCK0 and wipes that copy.
+fn open_channel() -> GuestChannel<VmpckAead> {
+    let mut key = sev::read_vmpck0();
+    let channel = if key.iter().all(|&b| b == 0) {
+        log::warn!("attestation: the secrets page has no VMPCK0; no reports");
+        GuestChannel::without_key(BusyPolicy::VELLUM)
+    } else {
+        GuestChannel::new(VmpckAead::new(&key), BusyPolicy::VELLUM)
     };
-    seq.complete(seqno);
-    guest_msg::parse_report_response(&plain[..n]).map_err(|e| {
-        log::error!("attestation: report response: {e:?}");
-        AttestError::Failed
-    })
+    key.fill(0);
+    core::hint::black_box(&key);
+    sev::wipe_vmpck0();
+    channel
+}
+
+/// A report whose REPORT_DATA is `report_data` (VMPL 0).
+pub fn report(report_data: &[u8; 64]) -> Result<[u8; REPORT_SIZE], AttestError> {
+    if !sev::is_snp() {
+        return Err(AttestError::NotSnp);
+    }
+    let mut guard = CHANNEL.lock();
+    let channel = guard.get_or_insert_with(|| Box::new(open_channel()));
+    match channel.report(&mut Host, report_data, 0) {
+        Ok(report) => Ok(report),
+        Err(GuestMsgError::KeyBurnt) => Err(AttestError::Disabled),
+        Err(e) => {
+            log::error!(
+                "attestation: guest request failed ({e:?}; sequence numbers up to {} used); \
+                 VMPCK0 wiped, no further reports",
+                channel.last_seqno()
+            );
+            Err(match e {
+                GuestMsgError::HostBusy => AttestError::Busy,
+                _ => AttestError::Failed,
+            })
+        }
+    }
 }

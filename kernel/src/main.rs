@@ -79,6 +79,14 @@ mod kmain {
                 "without SEV"
             }
         );
+        if crate::sev::is_snp() {
+            log::info!(
+                "snp: active, C-bit {}, GHCB at {:#x} (registered by boot, {} VMGEXITs in boot)",
+                handoff.c_bit,
+                handoff.ghcb,
+                handoff.boot_vmgexits
+            );
+        }
         log::info!(
             "tsc {} MHz; boot stage took {} us",
             clk.hz / 1_000_000,
@@ -165,7 +173,7 @@ mod kmain {
         // SAFETY: nothing below touches the heap, and the handler never
         // returns; Vellum runs one CPU without interrupts.
         unsafe { heap::wipe() };
-        crate::sev::terminate_if_snp(vellum_boot::snp::msr_protocol::TerminateReason::GENERAL);
+        crate::sev::terminate_if_snp(vellum_boot::snp::msr_protocol::TerminateReason::PANIC);
         // isa-debug-exit, when QEMU has it: status 0x11 makes QEMU exit with 35.
         arch::port::ports().outb(0xF4, 0x11);
         arch::cpu::halt_forever()

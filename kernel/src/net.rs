@@ -8,7 +8,7 @@ use crate::{
 };
 use alloc::boxed::Box;
 use smoltcp::{time::Instant, wire::EthernetAddress};
-use vellum_boot::layout;
+use vellum_boot::{layout, snp::ghcb::ExitKind};
 use vellum_net::{
     metrics::METRICS,
     services::{self, Services},
@@ -175,6 +175,32 @@ pub fn run(pool: Pool, snp: bool) -> Result<(), &'static str> {
         ] {
             w.counter(name, help, c.get());
         }
+        // SEV-SNP exits, counted by the kernel (0 without SNP). On the data
+        // path: none per received frame (RX buffers are reposted without a
+        // notify unless the device ran out of them), at most one per
+        // transmitted batch (the TX notify in `nic.flush()`); both are also in
+        // `register_exits`. An intercepted RDTSC would add a #VC and an
+        // `rdtsc` exit per clock read (one per poll): watch `snp_vc`.
+        let exits = crate::sev::exits();
+        let kinds = ExitKind::ALL.map(|k| (k.name(), exits.get(k)));
+        w.counter_family(
+            "snp_vmgexits",
+            "VMGEXITs the kernel made under SEV-SNP, by kind (msr_protocol, io, msr, cpuid, \
+             psc, guest_request, rdtsc, other).",
+            "kind",
+            &kinds,
+        );
+        w.counter(
+            "snp_boot_vmgexits",
+            "VMGEXITs the boot stage made under SEV-SNP (memory validation, GHCB set-up, \
+             console).",
+            crate::sev::boot_vmgexits(),
+        );
+        w.counter(
+            "snp_vc",
+            "#VC exceptions the kernel handled (CPUID, intercepted RDTSC/RDTSCP).",
+            crate::sev::vc::count(),
+        );
     }));
     // TLS (HTTPS :443, TLS echo :7443) and the attestation endpoint.
     let tls = crate::tls::start(&mut svc, snp);

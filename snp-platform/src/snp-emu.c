@@ -38,6 +38,7 @@
 #include "system/tcg.h"
 #include "system/confidential-guest-support.h"
 #include "hw/i386/pc.h"
+#include "hw/boards.h"
 #include "hw/core/cpu.h"
 #include "tcg/helper-tcg.h"
 #include "sev.h"
@@ -114,6 +115,7 @@ enum SnpFault {
     FAULT_REQ_ALTER,        /* an altered guest-request response */
     FAULT_REPORT_DATA,      /* a report carrying other REPORT_DATA */
     FAULT_BUSY_FOREVER,     /* endless BUSY on guest requests */
+    FAULT_VMPL1,            /* the guest runs at VMPL1 (RMPADJUST says so) */
 };
 
 static const struct {
@@ -126,16 +128,17 @@ static const struct {
     { "psc-noop", FAULT_PSC_NOOP, 1 },   /* 0: the GHCB page, already shared */
     { "page-shared", FAULT_PAGE_SHARED, 0 },
     { "spurious-vc", FAULT_SPURIOUS_VC, 0 },
-    { "guest-req-replay", FAULT_REQ_REPLAY, 1 },
+    { "guest-req-replay", FAULT_REQ_REPLAY, 0 },  /* counts requests after the first */
     { "guest-req-alter", FAULT_REQ_ALTER, 0 },
     { "report-data", FAULT_REPORT_DATA, 0 },
     { "busy-forever", FAULT_BUSY_FOREVER, 0 },
+    { "vmpl1", FAULT_VMPL1, 0 },
 };
 
 #define SNP_MAX_VCPUS 64
 #define SNP_MAX_LAUNCH 8
 #ifndef SNP_PSC_PAGES_PER_EXIT
-#define SNP_PSC_PAGES_PER_EXIT 512
+#define SNP_PSC_PAGES_PER_EXIT 256
 #endif
 
 static struct {
@@ -504,8 +507,8 @@ void helper_snp_rmpadjust(CPUX86State *env)
 
     if (size > 1 || (va & ((size ? 0x200000 : 0x1000) - 1)) || target_vmpl > 3) {
         rc = PVALIDATE_FAIL_INPUT;
-    } else if (target_vmpl == 0) {
-        /* the guest runs at VMPL0: it may only adjust less privileged VMPLs */
+    } else if (target_vmpl <= (snp.fault == FAULT_VMPL1 ? 1 : 0)) {
+        /* only less privileged VMPLs than the guest's own may be adjusted */
         rc = RMPADJUST_FAIL_PERMISSION;
     } else {
         gpa = snp_emu_translate(env, va, &enc, GETPC());
@@ -769,7 +772,7 @@ static void snp_ioio(CPUX86State *env, GhcbCall *g, hwaddr ghcb_gpa)
         uint64_t scratch = ghcb_get(g, GHCB_SCRATCH);
         uint64_t i;
 
-        if (!ghcb_is_valid(g, GHCB_SCRATCH) || count * size > 0x7f0 ||
+        if (!ghcb_is_valid(g, GHCB_SCRATCH) || count > 0x7f0 / size ||
             !snp_host_can_access(scratch, count * size)) {
             ghcb_error(g, GHCB_ERR_INVALID_SCRATCH);
             return;
@@ -1392,7 +1395,7 @@ static void snp_parse_fault(const char *spec)
     }
     error_report("snp-emu: unknown fault '%s'; known: cpuid-lie, ioio-error, "
                  "psc-noop, page-shared, spurious-vc, guest-req-replay, "
-                 "guest-req-alter, report-data, busy-forever (NAME[@N]: lie "
+                 "guest-req-alter, report-data, busy-forever, vmpl1 (NAME[@N]: lie "
                  "on the N-th event of that kind, counting from 0)", spec);
     exit(1);
 }
@@ -1424,6 +1427,10 @@ void sev_snp_emu_machine_init(void)
     }
     if (!(snp.cfg.sev_features & 1)) {
         error_report("snp-emu: sev-features must have bit 0 (SNPActive) set");
+        exit(1);
+    }
+    if (current_machine->smp.cpus > SNP_MAX_VCPUS) {
+        error_report("snp-emu: at most %d vCPUs are emulated", SNP_MAX_VCPUS);
         exit(1);
     }
     if (snp.cfg.fault && *snp.cfg.fault) {

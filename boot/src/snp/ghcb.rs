@@ -26,6 +26,7 @@
 //! kernel turns every such error into a GHCB terminate request (fail closed).
 
 use super::msr_protocol::{HvFeatures, PROTOCOL_VERSION};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Size of the GHCB page.
 pub const GHCB_SIZE: usize = 4096;
@@ -400,11 +401,115 @@ pub trait GhcbMem {
 /// The kernel's implementation writes the GHCB's GPA to MSR 0xC001_0130, issues
 /// a full fence (all writes to the page visible), executes VMGEXIT
 /// (`rep vmmcall`), and fences again before returning, so that no read of the
-/// page is reordered before the exit. The test's fake implements the NAE
-/// semantics by editing the page.
+/// page is reordered before the exit. `exit_code` is the SW_EXITCODE the
+/// protocol layer wrote (from private memory, not read back from the page):
+/// implementations may count exits by [`ExitKind`], never act on it. The
+/// test's fake implements the NAE semantics by editing the page.
 pub trait Hypervisor {
-    /// Exits to the hypervisor with the GHCB as prepared.
-    fn vmgexit(&mut self);
+    /// Exits to the hypervisor with the GHCB as prepared for `exit_code`.
+    fn vmgexit(&mut self, exit_code: u64);
+}
+
+/// What a VMGEXIT was for, as counted on `/metrics`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExitKind {
+    /// A GHCB MSR-protocol exchange (no GHCB page: SEV info, features,
+    /// early PSC, registration, CPUID in 32-bit boot, termination).
+    MsrProtocol,
+    /// IOIO NAE (port I/O).
+    Io,
+    /// MSR NAE.
+    Msr,
+    /// CPUID NAE.
+    Cpuid,
+    /// Page State Change NAE.
+    Psc,
+    /// SNP (extended) guest request NAE.
+    GuestRequest,
+    /// RDTSC / RDTSCP NAE (an intercepted RDTSC(P) in the #VC handler).
+    Rdtsc,
+    /// Anything else (MMIO, HV features, AP jump table, ...).
+    Other,
+}
+
+impl ExitKind {
+    /// Every kind, in [`ExitKind::index`] order.
+    pub const ALL: [ExitKind; 8] = [
+        ExitKind::MsrProtocol,
+        ExitKind::Io,
+        ExitKind::Msr,
+        ExitKind::Cpuid,
+        ExitKind::Psc,
+        ExitKind::GuestRequest,
+        ExitKind::Rdtsc,
+        ExitKind::Other,
+    ];
+
+    /// The kind of a GHCB NAE exit with SW_EXITCODE `exit_code`.
+    pub const fn of(exit_code: u64) -> Self {
+        match exit_code {
+            exit_code::IOIO => ExitKind::Io,
+            exit_code::MSR => ExitKind::Msr,
+            exit_code::CPUID => ExitKind::Cpuid,
+            exit_code::PSC => ExitKind::Psc,
+            exit_code::GUEST_REQUEST | exit_code::EXT_GUEST_REQUEST => ExitKind::GuestRequest,
+            exit_code::RDTSC | exit_code::RDTSCP => ExitKind::Rdtsc,
+            _ => ExitKind::Other,
+        }
+    }
+
+    /// Position in [`ExitKind::ALL`] and [`ExitCounters`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label value on `/metrics` (`kind="..."`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExitKind::MsrProtocol => "msr_protocol",
+            ExitKind::Io => "io",
+            ExitKind::Msr => "msr",
+            ExitKind::Cpuid => "cpuid",
+            ExitKind::Psc => "psc",
+            ExitKind::GuestRequest => "guest_request",
+            ExitKind::Rdtsc => "rdtsc",
+            ExitKind::Other => "other",
+        }
+    }
+}
+
+/// VMGEXITs by [`ExitKind`]: relaxed atomics, one set per stage (boot and
+/// kernel each have a static one in their VMGEXIT implementation).
+#[derive(Debug)]
+pub struct ExitCounters([AtomicU64; ExitKind::ALL.len()]);
+
+impl Default for ExitCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ExitCounters {
+    /// All zero.
+    pub const fn new() -> Self {
+        ExitCounters([const { AtomicU64::new(0) }; ExitKind::ALL.len()])
+    }
+
+    /// Counts one exit of `kind`.
+    #[inline]
+    pub fn count(&self, kind: ExitKind) {
+        self.0[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Exits of `kind` so far.
+    pub fn get(&self, kind: ExitKind) -> u64 {
+        self.0[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// All exits so far.
+    pub fn total(&self) -> u64 {
+        ExitKind::ALL.iter().map(|&k| self.get(k)).sum()
+    }
 }
 
 /// Inputs of one NAE call.
@@ -540,7 +645,7 @@ impl<M: GhcbMem, H: Hypervisor> Ghcb<M, H> {
             (u64::from(PROTOCOL_VERSION) << 16) | (u64::from(GHCB_DEFAULT_USAGE) << 32),
         );
 
-        self.hv.vmgexit();
+        self.hv.vmgexit(call.exit_code);
 
         let reply = Reply {
             valid: [
@@ -716,6 +821,36 @@ impl<M: GhcbMem, H: Hypervisor> Ghcb<M, H> {
         })?;
         Ok(HvFeatures(self.take(&reply, Field::SwExitInfo2)?))
     }
+
+    /// RDTSC through the hypervisor (NAE 0x6E, no inputs; the #VC handler's
+    /// answer to an intercepted RDTSC): EDX:EAX as returned, each register
+    /// masked to 32 bits as the instruction leaves them (GHCB spec §4.1 NAE
+    /// table; Linux `vc_handle_rdtsc`, which requires RAX and RDX valid).
+    /// Untrusted: the hypervisor chooses the value either way.
+    pub fn rdtsc(&mut self) -> Result<u64, GhcbError> {
+        self.mem.clear();
+        let reply = self.issue(&Call {
+            exit_code: exit_code::RDTSC,
+            ..Call::default()
+        })?;
+        let lo = self.take(&reply, Field::Rax)? & 0xFFFF_FFFF;
+        let hi = self.take(&reply, Field::Rdx)? & 0xFFFF_FFFF;
+        Ok((hi << 32) | lo)
+    }
+
+    /// RDTSCP through the hypervisor (NAE 0x87): the TSC (EDX:EAX) and
+    /// TSC_AUX (ECX), which must all come back valid.
+    pub fn rdtscp(&mut self) -> Result<(u64, u32), GhcbError> {
+        self.mem.clear();
+        let reply = self.issue(&Call {
+            exit_code: exit_code::RDTSCP,
+            ..Call::default()
+        })?;
+        let lo = self.take(&reply, Field::Rax)? & 0xFFFF_FFFF;
+        let hi = self.take(&reply, Field::Rdx)? & 0xFFFF_FFFF;
+        let aux = self.take(&reply, Field::Rcx)? as u32;
+        Ok(((hi << 32) | lo, aux))
+    }
 }
 
 /// A fake page and a fake hypervisor implementing the NAE semantics, for tests
@@ -772,17 +907,36 @@ pub(crate) mod fake {
         ClearBitmap,
     }
 
-    /// How the fake handles a PSC request.
+    /// How the fake handles a PSC request. Like KVM, it sets `cur_page` of
+    /// every entry it finishes to the entry's page count.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum PscMode {
         /// Process every entry.
         Complete,
         /// Process at most this many entries per exit.
         Partial(u16),
-        /// Return without touching the header.
+        /// Process at most this many 4 KiB pages per exit, stopping inside a
+        /// 2 MiB entry with its `cur_page` advanced and `cur_entry` unchanged
+        /// (the emulated platform's and KVM's partial progress).
+        Pages(u16),
+        /// Return without touching the buffer for this many exits, then
+        /// process everything.
+        Stall(usize),
+        /// Return without touching the buffer, for ever.
         NoProgress,
-        /// Process one entry, then on the next exit move `cur_entry` back.
+        /// Process two entries, then on the next exit move `cur_entry` back.
         Backwards,
+        /// Process 100 pages of the (2 MiB) first entry, then on the next exit
+        /// move its `cur_page` back to 50.
+        PageBackwards,
+        /// Process one entry and change the GFN of the next one.
+        RewriteGfn,
+        /// Process one entry and change the operation of the one it finished.
+        RewriteOp,
+        /// Set `cur_page` of the current entry beyond its page count.
+        CurPageTooBig,
+        /// Say "done" (`cur_entry = end_entry + 1`) and change nothing.
+        NoopDone,
         /// Report `cur_entry = end_entry + 2`.
         Overrun,
         /// Process one entry and shrink `end_entry`.
@@ -818,6 +972,13 @@ pub(crate) mod fake {
         pub features: u64,
         /// Last XCR0 seen with CPUID 0xD.
         pub cpuid_xcr0: Option<u64>,
+        /// TSC returned by RDTSC/RDTSCP (the upper halves of RAX/RDX are
+        /// filled with junk the guest must drop).
+        pub tsc: u64,
+        /// TSC_AUX returned by RDTSCP.
+        pub tsc_aux: u32,
+        /// SW_EXITCODE passed to every `vmgexit`.
+        pub exit_codes: Vec<u64>,
     }
 
     /// A fresh page plus fake hypervisor and the [`Ghcb`] over them.
@@ -846,6 +1007,9 @@ pub(crate) mod fake {
             guest_requests: vec![],
             features: 1,
             cpuid_xcr0: None,
+            tsc: 0,
+            tsc_aux: 0,
+            exit_codes: vec![],
         };
         f(&mut hv);
         Ghcb::new(FakeMem(page), hv, gpa).unwrap()
@@ -997,7 +1161,45 @@ pub(crate) mod fake {
                     self.set(Field::SwExitInfo2, self.guest_request_info2);
                 }
                 exit_code::HV_FEATURES => self.set(Field::SwExitInfo2, self.features),
+                exit_code::RDTSC | exit_code::RDTSCP => {
+                    let junk = 0xDEAD_0000_0000_0000;
+                    self.set(Field::Rax, junk | (self.tsc & 0xFFFF_FFFF));
+                    self.set(Field::Rdx, junk | (self.tsc >> 32));
+                    if code == exit_code::RDTSCP {
+                        self.set(Field::Rcx, u64::from(self.tsc_aux));
+                    }
+                }
                 _ => self.malformed(6),
+            }
+        }
+
+        fn psc_entry_at(&self, i: u16) -> u64 {
+            self.rd(offset::SHARED_BUFFER + 8 + 8 * usize::from(i))
+        }
+
+        fn set_psc_entry(&self, i: u16, v: u64) {
+            self.wr(offset::SHARED_BUFFER + 8 + 8 * usize::from(i), v);
+        }
+
+        /// Processes up to `max_pages` 4 KiB pages from `cur` on, at most
+        /// `max_entries` entries; records finished entries in `psc_done`.
+        fn psc_process(&mut self, cur: &mut u16, end: u16, max_entries: u16, max_pages: u32) {
+            let (mut entries, mut pages) = (0, 0);
+            while *cur <= end && entries < max_entries && pages < max_pages {
+                let e = self.psc_entry_at(*cur);
+                let npages = if e & (1 << 56) != 0 { 512 } else { 1 };
+                let mut page = (e & 0xFFF) as u32;
+                while page < npages && pages < max_pages {
+                    page += 1;
+                    pages += 1;
+                }
+                self.set_psc_entry(*cur, (e & !0xFFF) | u64::from(page));
+                if page < npages {
+                    break;
+                }
+                self.psc_done.push(e & !0xFFF);
+                *cur += 1;
+                entries += 1;
             }
         }
 
@@ -1006,33 +1208,54 @@ pub(crate) mod fake {
             let hdr = self.rd(offset::SHARED_BUFFER);
             let (mut cur, mut end) = (hdr as u16, (hdr >> 16) as u16);
             let mut rsvd = (hdr >> 32) as u32;
-            let process = |cur: &mut u16, n: u16, this: &mut FakeHv| {
-                let mut k = 0;
-                while *cur <= end && k < n {
-                    let e = this.rd(offset::SHARED_BUFFER + 8 + 8 * usize::from(*cur));
-                    this.psc_done.push(e);
-                    *cur += 1;
-                    k += 1;
-                }
-            };
+            let first = self.psc_exits == 1;
             match self.psc_mode {
-                PscMode::Complete => process(&mut cur, u16::MAX, self),
-                PscMode::Partial(n) => process(&mut cur, n, self),
+                PscMode::Complete => self.psc_process(&mut cur, end, u16::MAX, u32::MAX),
+                PscMode::Partial(n) => self.psc_process(&mut cur, end, n, u32::MAX),
+                PscMode::Pages(n) => self.psc_process(&mut cur, end, u16::MAX, n.into()),
+                PscMode::Stall(n) => {
+                    if self.psc_exits > n {
+                        self.psc_process(&mut cur, end, u16::MAX, u32::MAX)
+                    }
+                }
                 PscMode::NoProgress => {}
                 PscMode::Backwards => {
-                    if self.psc_exits == 1 {
-                        process(&mut cur, 2, self);
+                    if first {
+                        self.psc_process(&mut cur, end, 2, u32::MAX);
                     } else {
                         cur -= 1;
                     }
                 }
+                PscMode::PageBackwards => {
+                    if first {
+                        self.psc_process(&mut cur, end, u16::MAX, 100);
+                    } else {
+                        let e = self.psc_entry_at(cur);
+                        self.set_psc_entry(cur, (e & !0xFFF) | 50);
+                    }
+                }
+                PscMode::RewriteGfn => {
+                    self.psc_process(&mut cur, end, 1, u32::MAX);
+                    let e = self.psc_entry_at(cur);
+                    self.set_psc_entry(cur, e + (1 << 12));
+                }
+                PscMode::RewriteOp => {
+                    self.psc_process(&mut cur, end, 1, u32::MAX);
+                    let e = self.psc_entry_at(cur - 1);
+                    self.set_psc_entry(cur - 1, e ^ (3 << 52));
+                }
+                PscMode::CurPageTooBig => {
+                    let e = self.psc_entry_at(cur);
+                    self.set_psc_entry(cur, (e & !0xFFF) | 513);
+                }
+                PscMode::NoopDone => cur = end + 1,
                 PscMode::Overrun => cur = end + 2,
                 PscMode::ShrinkEnd => {
-                    process(&mut cur, 1, self);
+                    self.psc_process(&mut cur, end, 1, u32::MAX);
                     end -= 1;
                 }
                 PscMode::Reserved => {
-                    process(&mut cur, u16::MAX, self);
+                    self.psc_process(&mut cur, end, u16::MAX, u32::MAX);
                     rsvd = 1;
                 }
                 PscMode::Error(e) => {
@@ -1046,8 +1269,9 @@ pub(crate) mod fake {
     }
 
     impl Hypervisor for FakeHv {
-        fn vmgexit(&mut self) {
+        fn vmgexit(&mut self, exit_code: u64) {
             self.exits += 1;
+            self.exit_codes.push(exit_code);
             self.handle();
             match self.lie {
                 Lie::None => {}
@@ -1311,9 +1535,64 @@ mod tests {
     }
 
     #[test]
+    fn rdtsc_and_rdtscp_round_trip() {
+        let mut g = ghcb_with(|hv| {
+            hv.tsc = 0x1234_5678_9ABC_DEF0;
+            hv.tsc_aux = 7;
+        });
+        // The fake sets junk in the upper halves of RAX/RDX: dropped.
+        assert_eq!(g.rdtsc(), Ok(0x1234_5678_9ABC_DEF0));
+        assert_eq!(g.rdtscp(), Ok((0x1234_5678_9ABC_DEF0, 7)));
+        let (_, hv) = g.into_parts();
+        assert_eq!(hv.exit_codes, [exit_code::RDTSC, exit_code::RDTSCP]);
+    }
+
+    #[test]
+    fn vmgexit_gets_the_exit_code_and_kinds_are_counted() {
+        let mut g = ghcb();
+        g.io_out(0x80, IoSize::Byte, 0).unwrap();
+        g.hv_features().unwrap();
+        let (_, hv) = g.into_parts();
+        assert_eq!(hv.exit_codes, [exit_code::IOIO, exit_code::HV_FEATURES]);
+
+        use exit_code::*;
+        for (code, kind) in [
+            (IOIO, ExitKind::Io),
+            (MSR, ExitKind::Msr),
+            (CPUID, ExitKind::Cpuid),
+            (PSC, ExitKind::Psc),
+            (GUEST_REQUEST, ExitKind::GuestRequest),
+            (EXT_GUEST_REQUEST, ExitKind::GuestRequest),
+            (RDTSC, ExitKind::Rdtsc),
+            (RDTSCP, ExitKind::Rdtsc),
+            (MMIO_READ, ExitKind::Other),
+            (HV_FEATURES, ExitKind::Other),
+            (0x1234, ExitKind::Other),
+        ] {
+            assert_eq!(ExitKind::of(code), kind, "{code:#x}");
+        }
+        for (i, k) in ExitKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+            assert!(
+                k.name()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
+        }
+        let c = ExitCounters::new();
+        c.count(ExitKind::Io);
+        c.count(ExitKind::Io);
+        c.count(ExitKind::MsrProtocol);
+        assert_eq!(c.get(ExitKind::Io), 2);
+        assert_eq!(c.get(ExitKind::MsrProtocol), 1);
+        assert_eq!(c.get(ExitKind::Psc), 0);
+        assert_eq!(c.total(), 3);
+    }
+
+    #[test]
     fn missing_valid_bits_are_refused() {
         type Call = fn(&mut Ghcb<fake::FakeMem, fake::FakeHv>) -> Result<(), GhcbError>;
-        let cases: [(Field, Call); 7] = [
+        let cases: [(Field, Call); 10] = [
             (Field::SwExitInfo1, |g| g.io_out(0x80, IoSize::Byte, 0)),
             (Field::Rax, |g| g.io_in(0x80, IoSize::Byte).map(drop)),
             (Field::Rax, |g| g.msr_read(0xC000_0080).map(drop)),
@@ -1321,6 +1600,9 @@ mod tests {
             (Field::Rbx, |g| g.cpuid(1, 0, 1).map(drop)),
             (Field::SwExitInfo2, |g| g.guest_request(0, 0x1000).map(drop)),
             (Field::SwExitInfo2, |g| g.hv_features().map(drop)),
+            (Field::Rax, |g| g.rdtsc().map(drop)),
+            (Field::Rdx, |g| g.rdtsc().map(drop)),
+            (Field::Rcx, |g| g.rdtscp().map(drop)),
         ];
         for (field, call) in cases {
             let mut g = ghcb_with(|hv| {

@@ -2,8 +2,10 @@
 //!
 //! Everything here is host-tested and free of `unsafe`: encoders and validating
 //! decoders for the GHCB MSR protocol, the GHCB page and its NAE calls, Page
-//! State Change batching, the memory-validation plan and its proof object, the
-//! SNP CPUID page, the #VC decision, and SNP guest-message framing. The
+//! State Change batching and its resume loop, the memory-validation plan and
+//! its proof object, the SNP CPUID page, the SEV_STATUS feature and VMPL0
+//! checks, the #VC decision, and SNP guest messages (framing, sequence
+//! numbers, BUSY resends and burning the key). The
 //! instructions themselves (PVALIDATE, VMGEXIT, RDMSR/WRMSR, the #VC entry,
 //! page-table edits) live in `boot/src/entry.s`, `boot/src/sev.rs` and
 //! `kernel/src/sev/`, which
@@ -15,11 +17,14 @@
 //! | [`ghcb::Hypervisor`] | `ghcb` | write the GHCB GPA to MSR 0xC001_0130, fence, VMGEXIT, fence |
 //! | [`validate::Validator`] | `validate` | PSC to private (through [`ghcb::Ghcb`]), PVALIDATE, touch |
 //! | [`guest_msg::Aead`] | `guest_msg` | AES-256-GCM keyed with VMPCK0 (the `crypto` crate) |
+//! | [`guest_msg::GuestRequestHost`] | `guest_msg` | copies to/from the shared message pages, the guest-request NAE, the clock, wiping VMPCK0 |
 //!
 //! Every error type is a small `Copy` enum. The rule for callers is *fail
 //! closed*: any error that stems from hypervisor behaviour ends in a GHCB
 //! terminate request ([`msr_protocol::terminate_request`]) with a reason from
-//! [`msr_protocol::TerminateReason`].
+//! [`msr_protocol::TerminateReason`] (`docs/snp-termination.md`), with one
+//! exception: a failed guest request (attestation) burns VMPCK0
+//! ([`guest_msg::GuestChannel`]) and the guest keeps serving without reports.
 //!
 //! Sources are cited per module; `/work/shared/docs/snp-reference.md` collects
 //! the numbers (its § numbers are quoted as "reference §n").
@@ -29,6 +34,7 @@ pub mod ghcb;
 pub mod guest_msg;
 pub mod msr_protocol;
 pub mod psc;
+pub mod sev_status;
 pub mod validate;
 pub mod vc;
 

@@ -359,12 +359,26 @@ impl TryFrom<u64> for HvFeatures {
 // ---------------------------------------------------------------------------
 // Termination (0x100)
 
-/// A termination reason: `[15:12]` reason-code set, `[23:16]` reason code.
+/// A termination reason: `[15:12]` reason-code set, `[23:16]` reason code
+/// (GHCB spec 56421 §2.3.1, MSR protocol 0x100; the same two fields are
+/// SW_EXITINFO1 `[3:0]` and `[11:4]` of the termination NAE 0x8000_FFFE).
 ///
-/// Set 0 is the GHCB-spec general set (Linux `SEV_TERM_SET_GEN`). Set 1 is
-/// guest-defined; Linux uses it for `GHCB_TERM_*`, and Vellum reuses Linux's
-/// numbers where the meaning is the same and adds its own from 0x10 up, so a
-/// host log reads the same for both guests.
+/// Two sets are used, so that a host log tells a Vellum guest from a Linux one:
+///
+/// * **Set 0** is the GHCB spec's general set (Linux `SEV_TERM_SET_GEN`):
+///   0 general request, 1 GHCB protocol range unsupported, 2 SEV-SNP features
+///   unsupported. Vellum uses it exactly where those meanings apply.
+/// * **Set 0xF** ([`TerminateReason::VELLUM_SET`]) is Vellum's own. Set 1 is
+///   Linux's (`SEV_TERM_SET_LINUX`, "Linux-specific reason codes (used with
+///   reason set 1)" in `arch/x86/include/asm/sev-common.h`), so Vellum stays
+///   out of it; the set field is 4 bits and the spec gives meanings to set 0
+///   only (its wording on sets 1..15 was not re-verified here), so Vellum
+///   takes the top one, the least likely to be claimed by another guest OS.
+///   Where a Vellum reason means the same as a Linux `GHCB_TERM_*` code it
+///   keeps that number (0..5), so the two tables read alike; Vellum's other
+///   reasons start at 0x10.
+///
+/// `docs/snp-termination.md` is the table for reading a host's log.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct TerminateReason {
     /// Reason-code set (4 bits).
@@ -374,39 +388,86 @@ pub struct TerminateReason {
 }
 
 impl TerminateReason {
-    /// Set 0, code 0: general termination request.
+    /// The GHCB spec's general reason-code set.
+    pub const GENERAL_SET: u8 = 0;
+    /// Vellum's reason-code set.
+    pub const VELLUM_SET: u8 = 0xF;
+
+    const fn vellum(code: u8) -> Self {
+        Self {
+            set: Self::VELLUM_SET,
+            code,
+        }
+    }
+
+    /// Set 0, code 0: general termination request (boot's fatal errors before
+    /// the kernel, an exception in 32-bit boot code).
     pub const GENERAL: Self = Self { set: 0, code: 0 };
     /// Set 0, code 1: GHCB protocol range not supported.
     pub const PROTOCOL_UNSUPPORTED: Self = Self { set: 0, code: 1 };
-    /// Set 0, code 2: SNP features not supported.
+    /// Set 0, code 2: SEV-SNP features not supported: the hypervisor does not
+    /// offer SNP (HV features bit 0), the guest runs SEV-ES without SNP, or
+    /// SEV_STATUS has a feature bit Vellum does not implement (as Linux
+    /// `snp_check_features`).
     pub const SNP_UNSUPPORTED: Self = Self { set: 0, code: 2 };
-    /// Set 1, code 0: GHCB GPA registration failed (Linux `GHCB_TERM_REGISTER`).
-    pub const REGISTER: Self = Self { set: 1, code: 0 };
-    /// Set 1, code 1: page state change failed (Linux `GHCB_TERM_PSC`).
-    pub const PSC: Self = Self { set: 1, code: 1 };
-    /// Set 1, code 2: PVALIDATE failed or double validation (Linux `GHCB_TERM_PVALIDATE`).
-    pub const PVALIDATE: Self = Self { set: 1, code: 2 };
-    /// Set 1, code 3: not running at VMPL0 (Linux `GHCB_TERM_NOT_VMPL0`).
-    pub const NOT_VMPL0: Self = Self { set: 1, code: 3 };
-    /// Set 1, code 4: CPUID page invalid or leaf missing (Linux `GHCB_TERM_CPUID`).
-    pub const CPUID: Self = Self { set: 1, code: 4 };
-    /// Set 1, code 5: CPUID via the hypervisor failed (Linux `GHCB_TERM_CPUID_HV`).
-    pub const CPUID_HV: Self = Self { set: 1, code: 5 };
-    /// Set 1, code 6: secrets page invalid (Linux `GHCB_TERM_SECRETS_PAGE`).
-    pub const SECRETS_PAGE: Self = Self { set: 1, code: 6 };
-    /// Set 1, code 0x10 (Vellum): a GHCB NAE call returned a bad status or
-    /// missing valid bits.
-    pub const GHCB_PROTOCOL: Self = Self { set: 1, code: 0x10 };
-    /// Set 1, code 0x11 (Vellum): an unexpected #VC (wrong exit code or opcode).
-    pub const UNEXPECTED_VC: Self = Self { set: 1, code: 0x11 };
-    /// Set 1, code 0x12 (Vellum): the C-bit from the hypervisor disagrees with
-    /// the CPUID page.
-    pub const C_BIT_MISMATCH: Self = Self { set: 1, code: 0x12 };
-    /// Set 1, code 0x13 (Vellum): a guest-message (attestation) failure.
-    pub const GUEST_MESSAGE: Self = Self { set: 1, code: 0x13 };
-    /// Set 1, code 0x14 (Vellum): boot's memory plan or validated set is
+    /// Set 0xF, code 0: GHCB GPA registration failed (as Linux `GHCB_TERM_REGISTER`).
+    pub const REGISTER: Self = Self::vellum(0);
+    /// Set 0xF, code 1: page state change failed or the hypervisor's PSC
+    /// progress was inconsistent (as Linux `GHCB_TERM_PSC`).
+    pub const PSC: Self = Self::vellum(1);
+    /// Set 0xF, code 2: PVALIDATE failed, or double validation (as Linux
+    /// `GHCB_TERM_PVALIDATE`).
+    pub const PVALIDATE: Self = Self::vellum(2);
+    /// Set 0xF, code 3: not running at VMPL0 (RMPADJUST probe failed; as
+    /// Linux `GHCB_TERM_NOT_VMPL0`).
+    pub const NOT_VMPL0: Self = Self::vellum(3);
+    /// Set 0xF, code 4: CPUID page invalid or a leaf missing (as Linux
+    /// `GHCB_TERM_CPUID`).
+    pub const CPUID: Self = Self::vellum(4);
+    /// Set 0xF, code 5: CPUID through the hypervisor failed (as Linux
+    /// `GHCB_TERM_CPUID_HV`).
+    pub const CPUID_HV: Self = Self::vellum(5);
+    /// Set 0xF, code 0x10: a GHCB NAE call returned a bad status or missing
+    /// valid bits.
+    pub const GHCB_PROTOCOL: Self = Self::vellum(0x10);
+    /// Set 0xF, code 0x11: an unexpected #VC (wrong exit code or opcode).
+    pub const UNEXPECTED_VC: Self = Self::vellum(0x11);
+    /// Set 0xF, code 0x12: the C-bit from the hypervisor disagrees with the
+    /// CPUID page.
+    pub const C_BIT_MISMATCH: Self = Self::vellum(0x12);
+    /// Set 0xF, code 0x14: boot's memory plan or validated set is
     /// inconsistent.
-    pub const VALIDATION_PLAN: Self = Self { set: 1, code: 0x14 };
+    pub const VALIDATION_PLAN: Self = Self::vellum(0x14);
+    /// Set 0xF, code 0x15: the GHCB was needed while a call through it was in
+    /// flight (a #VC inside a GHCB call).
+    pub const GHCB_REENTERED: Self = Self::vellum(0x15);
+    /// Set 0xF, code 0x16: a Rust panic (boot or kernel), after the message
+    /// was printed when the console was up.
+    pub const PANIC: Self = Self::vellum(0x16);
+    /// Set 0xF, code 0x17: #VC 0x404 (PAGE_NOT_VALIDATED): a private access hit
+    /// a page whose RMP entry is no longer validated (the host took a page
+    /// away and gave it back).
+    pub const NOT_VALIDATED: Self = Self::vellum(0x17);
+
+    /// Every reason Vellum uses (for tests and the documentation table).
+    pub const ALL: [Self; 16] = [
+        Self::GENERAL,
+        Self::PROTOCOL_UNSUPPORTED,
+        Self::SNP_UNSUPPORTED,
+        Self::REGISTER,
+        Self::PSC,
+        Self::PVALIDATE,
+        Self::NOT_VMPL0,
+        Self::CPUID,
+        Self::CPUID_HV,
+        Self::GHCB_PROTOCOL,
+        Self::UNEXPECTED_VC,
+        Self::C_BIT_MISMATCH,
+        Self::VALIDATION_PLAN,
+        Self::GHCB_REENTERED,
+        Self::PANIC,
+        Self::NOT_VALIDATED,
+    ];
 }
 
 /// Termination request (0x100) with `reason`. The set is masked to 4 bits.
@@ -473,6 +534,8 @@ mod tests {
 
     #[test]
     fn terminate_encodings() {
+        // Set 0: the GHCB spec's general codes, as Linux sends them
+        // (sev_es_terminate(SEV_TERM_SET_GEN, GHCB_SNP_UNSUPPORTED) = 0x2_0100).
         assert_eq!(terminate_request(TerminateReason::GENERAL), 0x100);
         assert_eq!(
             terminate_request(TerminateReason::PROTOCOL_UNSUPPORTED),
@@ -482,15 +545,29 @@ mod tests {
             terminate_request(TerminateReason::SNP_UNSUPPORTED),
             0x2_0100
         );
-        // Linux: sev_es_terminate(SEV_TERM_SET_LINUX, GHCB_TERM_PVALIDATE) = 0x2_1100.
-        assert_eq!(terminate_request(TerminateReason::PVALIDATE), 0x2_1100);
-        assert_eq!(terminate_request(TerminateReason::REGISTER), 0x1100);
-        assert_eq!(terminate_request(TerminateReason::PSC), 0x1_1100);
-        assert_eq!(terminate_request(TerminateReason::NOT_VMPL0), 0x3_1100);
-        assert_eq!(terminate_request(TerminateReason::CPUID), 0x4_1100);
-        assert_eq!(terminate_request(TerminateReason::CPUID_HV), 0x5_1100);
-        assert_eq!(terminate_request(TerminateReason::SECRETS_PAGE), 0x6_1100);
-        assert_eq!(terminate_request(TerminateReason::UNEXPECTED_VC), 0x11_1100);
+        // Set 0xF: Vellum's; Linux's numbers where the meaning is Linux's.
+        assert_eq!(terminate_request(TerminateReason::REGISTER), 0xF100);
+        assert_eq!(terminate_request(TerminateReason::PSC), 0x1_F100);
+        assert_eq!(terminate_request(TerminateReason::PVALIDATE), 0x2_F100);
+        assert_eq!(terminate_request(TerminateReason::NOT_VMPL0), 0x3_F100);
+        assert_eq!(terminate_request(TerminateReason::CPUID), 0x4_F100);
+        assert_eq!(terminate_request(TerminateReason::CPUID_HV), 0x5_F100);
+        assert_eq!(terminate_request(TerminateReason::GHCB_PROTOCOL), 0x10_F100);
+        assert_eq!(terminate_request(TerminateReason::UNEXPECTED_VC), 0x11_F100);
+        assert_eq!(
+            terminate_request(TerminateReason::C_BIT_MISMATCH),
+            0x12_F100
+        );
+        assert_eq!(
+            terminate_request(TerminateReason::VALIDATION_PLAN),
+            0x14_F100
+        );
+        assert_eq!(
+            terminate_request(TerminateReason::GHCB_REENTERED),
+            0x15_F100
+        );
+        assert_eq!(terminate_request(TerminateReason::PANIC), 0x16_F100);
+        assert_eq!(terminate_request(TerminateReason::NOT_VALIDATED), 0x17_F100);
         // Set masked to 4 bits, code to 8.
         assert_eq!(
             terminate_request(TerminateReason {
@@ -499,28 +576,34 @@ mod tests {
             }),
             0xFF_F100
         );
-        // Every named reason is distinct.
-        let all = [
-            TerminateReason::GENERAL,
-            TerminateReason::PROTOCOL_UNSUPPORTED,
-            TerminateReason::SNP_UNSUPPORTED,
-            TerminateReason::REGISTER,
-            TerminateReason::PSC,
-            TerminateReason::PVALIDATE,
-            TerminateReason::NOT_VMPL0,
-            TerminateReason::CPUID,
-            TerminateReason::CPUID_HV,
-            TerminateReason::SECRETS_PAGE,
-            TerminateReason::GHCB_PROTOCOL,
-            TerminateReason::UNEXPECTED_VC,
-            TerminateReason::C_BIT_MISMATCH,
-            TerminateReason::GUEST_MESSAGE,
-            TerminateReason::VALIDATION_PLAN,
-        ];
+        // Every named reason is distinct; none is in Linux's set 1; set 0 only
+        // carries the three general codes the spec defines.
+        let all = TerminateReason::ALL;
         for (i, a) in all.iter().enumerate() {
+            assert_ne!(a.set, 1, "{a:?} in Linux's set");
+            assert!(a.set == 0 || a.set == TerminateReason::VELLUM_SET, "{a:?}");
+            if a.set == 0 {
+                assert!(a.code <= 2, "{a:?}");
+            }
             for b in &all[i + 1..] {
                 assert_ne!(terminate_request(*a), terminate_request(*b));
             }
+        }
+    }
+
+    /// `docs/snp-termination.md` lists every reason with its raw MSR value:
+    /// the table and the code agree.
+    #[test]
+    fn termination_doc_lists_every_reason() {
+        let doc = include_str!("../../../docs/snp-termination.md");
+        for r in TerminateReason::ALL {
+            let row = format!(
+                "| {:#x} | {:#04x} | `{:#x}` |",
+                r.set,
+                r.code,
+                terminate_request(r)
+            );
+            assert!(doc.contains(&row), "docs/snp-termination.md lacks {row}");
         }
     }
 

@@ -13,11 +13,54 @@
 //! [56] page size (1 = 2 MiB), [63:57] reserved`. 8 + 253 × 8 = 2032 bytes,
 //! exactly the shared buffer.
 //!
-//! Stricter than Linux: every VMGEXIT must make progress (`cur_entry` strictly
-//! increases) and `end_entry` must not change, so the loop ends after at most
-//! one exit per entry. Linux accepts "no progress" and would spin forever on a
-//! hypervisor that keeps returning without work.
-
+//! # The resume loop
+//!
+//! The hypervisor may return before it has done everything: it leaves
+//! `cur_entry` at the first entry not finished and, inside a 2 MiB entry,
+//! counts the 4 KiB pages done in that entry's `cur_page` (KVM does a range per
+//! exit to user space and sets `cur_page` to 512 or 1 on every entry it
+//! finished, `__snp_complete_one_psc`; the emulated platform of
+//! `docs/snp-platform.md` stops after a few entries, and inside 2 MiB
+//! entries). The guest VMGEXITs again with the buffer as the hypervisor left
+//! it until `cur_entry > end_entry`.
+//! After every exit the header and every entry are read **once** into private
+//! memory and checked ([`check_exit`]):
+//!
+//! * the header's reserved field is 0 and `end_entry` is unchanged
+//!   (Linux: "PSC processing going backward");
+//! * no entry was rewritten: bits `[63:12]` (GFN, operation, size, reserved)
+//!   of every entry are what the guest wrote; only `cur_page` is the
+//!   hypervisor's to write;
+//! * progress never goes backwards: the position (`cur_entry`, `cur_page` of
+//!   that entry) is lexicographically ≥ the previous one, so `cur_entry` never
+//!   decreases and `cur_page` never decreases within the same entry;
+//! * `cur_page` of the current entry is at most its page count (512 or 1),
+//!   and `cur_entry` at most `end_entry + 1`.
+//!
+//! An exit without progress is allowed (Linux accepts it too) but bounded: at
+//! most [`MAX_STALLED_EXITS`] per batch, then [`PscError::NoProgress`]. Since
+//! every other exit moves the position forward, a batch takes at most
+//! (pages + entries + [`MAX_STALLED_EXITS`]) exits ([`exit_bound`]). Linux
+//! (`vmgexit_psc()` in `arch/x86/coco/sev/`) has no such bound and spins for
+//! as long as the hypervisor makes no progress.
+//!
+//! # What the guest cannot see here
+//!
+//! The buffer is the hypervisor's word, nothing more: a hypervisor that says
+//! "done" (`cur_entry = end_entry + 1`) but changed nothing in the RMP passes
+//! every check above. (KVM and the emulated platform set `cur_page` of the
+//! entries they finish, but requiring that would only catch a careless liar
+//! and would refuse any hypervisor that leaves it alone; Vellum does not.)
+//! That lie is caught where it matters:
+//!
+//! * to **private** (memory validation): the PVALIDATE that follows fails
+//!   (FAIL_INPUT, or an RMP fault the host cannot resolve, for a page that is
+//!   not guest-assigned; CF = 1 for a page that was assigned and validated
+//!   already), and boot terminates with `PVALIDATE`
+//!   ([`super::validate`]);
+//! * to **shared** (the pool): the pages were never validated and hold no
+//!   secrets; if they stay guest-owned, the host simply cannot use them
+//!   (device I/O stops): a denial of service, which the host can always cause.
 use super::{
     GpaRange, Page, PageSize, PageSplit, PageState,
     ghcb::{
@@ -33,8 +76,8 @@ pub const HEADER_LEN: usize = 8;
 pub const ENTRY_LEN: usize = 8;
 /// Highest GFN an entry can hold (40 bits).
 pub const MAX_GFN: u64 = (1 << 40) - 1;
-/// Bound on VMGEXITs per batch (strict progress already implies ≤ entries).
-pub const MAX_EXITS_PER_BATCH: usize = MAX_ENTRIES + 1;
+/// Exits without progress tolerated per batch (see the module docs).
+pub const MAX_STALLED_EXITS: usize = 16;
 
 const _: () = assert!(HEADER_LEN + MAX_ENTRIES * ENTRY_LEN == SHARED_BUFFER_LEN);
 
@@ -42,6 +85,8 @@ const _: () = assert!(HEADER_LEN + MAX_ENTRIES * ENTRY_LEN == SHARED_BUFFER_LEN)
 pub mod entry {
     /// `[11:0]` current page (hypervisor progress inside a 2 MiB entry).
     pub const CUR_PAGE_MASK: u64 = 0xFFF;
+    /// `[63:12]`: what the guest writes and the hypervisor must leave alone.
+    pub const GUEST_MASK: u64 = !CUR_PAGE_MASK;
     /// `[51:12]` GFN.
     pub const GFN_SHIFT: u32 = 12;
     /// `[55:52]` operation.
@@ -70,16 +115,48 @@ pub enum PscError {
         /// What came back.
         got: u16,
     },
-    /// `cur_entry` did not increase.
-    NoProgress {
+    /// `cur_entry` went past `end_entry + 1`.
+    Overrun(u16),
+    /// The hypervisor changed bits `[63:12]` of an entry (GFN, operation,
+    /// size or reserved bits).
+    EntryRewritten {
+        /// Entry index.
+        index: u16,
+        /// What the guest wrote.
+        expected: u64,
+        /// What came back.
+        got: u64,
+    },
+    /// `cur_entry` decreased.
+    EntryBackwards {
         /// Before the exit.
         before: u16,
         /// After the exit.
         after: u16,
     },
-    /// `cur_entry` went past `end_entry + 1`.
-    Overrun(u16),
-    /// The iteration bound was reached.
+    /// `cur_page` of the current entry decreased.
+    PageBackwards {
+        /// The entry.
+        entry: u16,
+        /// Before the exit.
+        before: u16,
+        /// After the exit.
+        after: u16,
+    },
+    /// `cur_page` of the current entry is beyond its page count.
+    BadCurPage {
+        /// The entry.
+        entry: u16,
+        /// The value read.
+        cur_page: u16,
+    },
+    /// More than [`MAX_STALLED_EXITS`] exits of this batch made no progress.
+    NoProgress {
+        /// Exits without progress.
+        stalls: usize,
+    },
+    /// The iteration bound ([`exit_bound`]) was reached (cannot happen when
+    /// every check holds; kept as a backstop).
     TooManyExits,
 }
 
@@ -160,6 +237,11 @@ impl PscBatch {
         (self.len - 1) as u16
     }
 
+    /// 4 KiB pages the entry at `index` covers (512 for a 2 MiB entry).
+    fn pages_of(&self, index: usize) -> u16 {
+        pages_of(self.entries[index])
+    }
+
     /// Serialises header (`cur_entry` 0) and entries into `out`; returns the
     /// number of bytes written.
     pub fn encode(&self, out: &mut [u8; SHARED_BUFFER_LEN]) -> usize {
@@ -235,32 +317,116 @@ pub const fn decode_header(raw: u64) -> (u16, u16, u32) {
     (raw as u16, (raw >> 16) as u16, (raw >> 32) as u32)
 }
 
-/// Checks one returned header against the state before the exit. `Ok(true)`
-/// when every entry has been processed.
-pub fn check_progress(before: u16, end_entry: u16, raw_header: u64) -> Result<bool, PscError> {
+/// 4 KiB pages an encoded entry covers: 512 for 2 MiB, else 1.
+pub const fn pages_of(encoded: u64) -> u16 {
+    if encoded & entry::SIZE_2M != 0 {
+        512
+    } else {
+        1
+    }
+}
+
+/// Where the hypervisor is in a batch: `cur_entry`, and `cur_page` of that
+/// entry (0 once `entry > end_entry`). Ordered lexicographically.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default)]
+pub struct Progress {
+    /// `cur_entry`.
+    pub entry: u16,
+    /// `cur_page` of entry `entry`.
+    pub page: u16,
+}
+
+/// What one checked exit says.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExitOutcome {
+    /// Every entry is processed.
+    Done,
+    /// More to do; `progressed` is whether the position moved forward.
+    More {
+        /// The new position.
+        at: Progress,
+        /// Whether `at` is beyond the position before the exit.
+        progressed: bool,
+    },
+}
+
+/// Checks one exit: `raw_header` and `entries` (`end_entry + 1` entries, each
+/// read once from the shared buffer) against `batch` as the guest wrote it and
+/// the position `before` the exit (module docs: the rules).
+pub fn check_exit(
+    batch: &PscBatch,
+    before: Progress,
+    raw_header: u64,
+    entries: &[u64],
+) -> Result<ExitOutcome, PscError> {
     let (cur, end, rsvd) = decode_header(raw_header);
     if rsvd != 0 {
         return Err(PscError::ReservedSet(rsvd));
     }
+    let end_entry = batch.end_entry();
     if end != end_entry {
         return Err(PscError::EndChanged {
             expected: end_entry,
             got: end,
         });
     }
-    if cur <= before {
-        return Err(PscError::NoProgress { before, after: cur });
-    }
     if u32::from(cur) > u32::from(end_entry) + 1 {
         return Err(PscError::Overrun(cur));
     }
-    Ok(cur > end_entry)
+    for (i, (&got, &wrote)) in entries.iter().zip(batch.entries()).enumerate() {
+        if got & entry::GUEST_MASK != wrote & entry::GUEST_MASK {
+            return Err(PscError::EntryRewritten {
+                index: i as u16,
+                expected: wrote,
+                got,
+            });
+        }
+    }
+    if cur < before.entry {
+        return Err(PscError::EntryBackwards {
+            before: before.entry,
+            after: cur,
+        });
+    }
+    if cur > end_entry {
+        return Ok(ExitOutcome::Done);
+    }
+    let i = usize::from(cur);
+    let page = (entries[i] & entry::CUR_PAGE_MASK) as u16;
+    if page > batch.pages_of(i) {
+        return Err(PscError::BadCurPage {
+            entry: cur,
+            cur_page: page,
+        });
+    }
+    if cur == before.entry && page < before.page {
+        return Err(PscError::PageBackwards {
+            entry: cur,
+            before: before.page,
+            after: page,
+        });
+    }
+    let at = Progress { entry: cur, page };
+    Ok(ExitOutcome::More {
+        at,
+        progressed: at > before,
+    })
+}
+
+/// Most exits one batch may take: one per position (each entry's pages plus
+/// one, as `cur_page` runs 0..=pages) and [`MAX_STALLED_EXITS`].
+pub fn exit_bound(batch: &PscBatch) -> usize {
+    (0..batch.len())
+        .map(|i| usize::from(batch.pages_of(i)) + 1)
+        .sum::<usize>()
+        + MAX_STALLED_EXITS
 }
 
 impl<M: GhcbMem, H: Hypervisor> Ghcb<M, H> {
     /// Executes one PSC batch: writes it to the shared buffer once, then
     /// VMGEXITs until `cur_entry > end_entry`, checking the status,
-    /// SW_EXITINFO2 and the header after every exit (each read once).
+    /// SW_EXITINFO2, the header and every entry after each exit (each read
+    /// once; [`check_exit`]).
     pub fn page_state_change(&mut self, batch: &PscBatch) -> Result<(), PscError> {
         if batch.is_empty() {
             return Ok(());
@@ -269,9 +435,11 @@ impl<M: GhcbMem, H: Hypervisor> Ghcb<M, H> {
         let n = batch.encode(&mut buf);
         self.mem_mut().clear();
         self.mem_mut().write_bytes(offset::SHARED_BUFFER, &buf[..n]);
-        let end_entry = batch.end_entry();
-        let mut cur = 0u16;
-        for _ in 0..MAX_EXITS_PER_BATCH {
+        let mut at = Progress::default();
+        let mut stalls = 0;
+        let mut entries = [0u64; MAX_ENTRIES];
+        let entries = &mut entries[..batch.len()];
+        for _ in 0..exit_bound(batch) {
             // The shared buffer is not rewritten between exits: the hypervisor
             // keeps its progress there (header and per-entry cur_page).
             let reply = self.issue(&Call {
@@ -283,12 +451,28 @@ impl<M: GhcbMem, H: Hypervisor> Ghcb<M, H> {
             if info2 != 0 {
                 return Err(PscError::HostError(info2));
             }
-            // The header is read once per exit and checked before use.
+            // Header and entries are read once per exit and checked before use.
             let raw = self.mem().read_u64(offset::SHARED_BUFFER);
-            if check_progress(cur, end_entry, raw)? {
-                return Ok(());
+            for (i, e) in entries.iter_mut().enumerate() {
+                *e = self
+                    .mem()
+                    .read_u64(offset::SHARED_BUFFER + HEADER_LEN + i * ENTRY_LEN);
             }
-            cur = decode_header(raw).0;
+            match check_exit(batch, at, raw, entries)? {
+                ExitOutcome::Done => return Ok(()),
+                ExitOutcome::More {
+                    at: now,
+                    progressed,
+                } => {
+                    if !progressed {
+                        stalls += 1;
+                        if stalls > MAX_STALLED_EXITS {
+                            return Err(PscError::NoProgress { stalls });
+                        }
+                    }
+                    at = now;
+                }
+            }
         }
         Err(PscError::TooManyExits)
     }
@@ -441,46 +625,159 @@ mod tests {
         assert!(PscBatches::new(&bad, PageState::Private).is_err());
     }
 
+    /// A batch of `pages` (as `(gpa, 2M?)`).
+    fn batch_of(pages: &[(u64, bool)]) -> PscBatch {
+        let mut b = PscBatch::new();
+        for &(gpa, big) in pages {
+            let size = if big {
+                PageSize::Size2M
+            } else {
+                PageSize::Size4K
+            };
+            b.push(Page { gpa, size }, PageState::Private).unwrap();
+        }
+        b
+    }
+
+    fn hdr(cur: u16, end: u16, rsvd: u32) -> u64 {
+        u64::from(cur) | (u64::from(end) << 16) | (u64::from(rsvd) << 32)
+    }
+
+    fn at(entry: u16, page: u16) -> Progress {
+        Progress { entry, page }
+    }
+
     #[test]
-    fn check_progress_rules() {
-        let h = |cur: u16, end: u16, rsvd: u32| {
-            u64::from(cur) | (u64::from(end) << 16) | (u64::from(rsvd) << 32)
-        };
-        assert_eq!(check_progress(0, 4, h(5, 4, 0)), Ok(true));
-        assert_eq!(check_progress(0, 4, h(3, 4, 0)), Ok(false));
-        assert_eq!(check_progress(3, 4, h(5, 4, 0)), Ok(true));
+    fn check_exit_rules() {
+        // Entry 0: 4 KiB; entry 1: 2 MiB; entry 2: 4 KiB (end_entry 2).
+        let b = batch_of(&[(0x1000, false), (0x20_0000, true), (0x40_0000, false)]);
+        let mut e = b.entries().to_vec();
+        let more = |a: Progress, progressed| Ok(ExitOutcome::More { at: a, progressed });
+        // Done.
         assert_eq!(
-            check_progress(3, 4, h(3, 4, 0)),
-            Err(PscError::NoProgress {
-                before: 3,
-                after: 3
-            })
+            check_exit(&b, at(0, 0), hdr(3, 2, 0), &e),
+            Ok(ExitOutcome::Done)
+        );
+        // Entry 0 finished (KVM sets its cur_page to 1): progress.
+        e[0] |= 1;
+        assert_eq!(
+            check_exit(&b, at(0, 0), hdr(1, 2, 0), &e),
+            more(at(1, 0), true)
+        );
+        // Partial progress inside the 2 MiB entry: cur_entry unchanged, cur_page up.
+        e[1] |= 100;
+        assert_eq!(
+            check_exit(&b, at(1, 0), hdr(1, 2, 0), &e),
+            more(at(1, 100), true)
         );
         assert_eq!(
-            check_progress(3, 4, h(2, 4, 0)),
-            Err(PscError::NoProgress {
-                before: 3,
-                after: 2
+            check_exit(&b, at(1, 99), hdr(1, 2, 0), &e),
+            more(at(1, 100), true)
+        );
+        // The same position again: allowed, but not progress.
+        assert_eq!(
+            check_exit(&b, at(1, 100), hdr(1, 2, 0), &e),
+            more(at(1, 100), false)
+        );
+        // cur_page backwards within the same entry.
+        assert_eq!(
+            check_exit(&b, at(1, 101), hdr(1, 2, 0), &e),
+            Err(PscError::PageBackwards {
+                entry: 1,
+                before: 101,
+                after: 100
             })
         );
-        assert_eq!(check_progress(0, 4, h(6, 4, 0)), Err(PscError::Overrun(6)));
+        // Moving to the next entry is progress whatever the old cur_page was.
         assert_eq!(
-            check_progress(0, 4, h(5, 3, 0)),
+            check_exit(&b, at(1, 300), hdr(2, 2, 0), &e),
+            more(at(2, 0), true)
+        );
+        // cur_entry backwards.
+        assert_eq!(
+            check_exit(&b, at(2, 0), hdr(1, 2, 0), &e),
+            Err(PscError::EntryBackwards {
+                before: 2,
+                after: 1
+            })
+        );
+        // cur_page beyond the entry: 513 in a 2 MiB entry, 2 in a 4 KiB one.
+        let mut big = e.clone();
+        big[1] = (big[1] & !0xFFF) | 513;
+        assert_eq!(
+            check_exit(&b, at(1, 0), hdr(1, 2, 0), &big),
+            Err(PscError::BadCurPage {
+                entry: 1,
+                cur_page: 513
+            })
+        );
+        big[1] = (big[1] & !0xFFF) | 512;
+        assert_eq!(
+            check_exit(&b, at(1, 0), hdr(1, 2, 0), &big),
+            more(at(1, 512), true)
+        );
+        big[2] |= 2;
+        assert_eq!(
+            check_exit(&b, at(1, 0), hdr(2, 2, 0), &big),
+            Err(PscError::BadCurPage {
+                entry: 2,
+                cur_page: 2
+            })
+        );
+        // An entry rewritten: GFN, operation, size, reserved bits; any entry,
+        // finished or not.
+        for (i, flip) in [
+            (2usize, 1u64 << 12),
+            (0, 3 << 52),
+            (1, 1 << 56),
+            (2, 1 << 60),
+        ] {
+            let mut bad = e.clone();
+            bad[i] ^= flip;
+            assert_eq!(
+                check_exit(&b, at(1, 0), hdr(1, 2, 0), &bad),
+                Err(PscError::EntryRewritten {
+                    index: i as u16,
+                    expected: b.entries()[i],
+                    got: bad[i]
+                }),
+                "entry {i}"
+            );
+        }
+        // Header: overrun, end changed, reserved bits.
+        assert_eq!(
+            check_exit(&b, at(0, 0), hdr(4, 2, 0), &e),
+            Err(PscError::Overrun(4))
+        );
+        assert_eq!(
+            check_exit(&b, at(0, 0), hdr(3, 1, 0), &e),
             Err(PscError::EndChanged {
-                expected: 4,
-                got: 3
+                expected: 2,
+                got: 1
             })
         );
         assert_eq!(
-            check_progress(0, 4, h(5, 4, 1)),
+            check_exit(&b, at(0, 0), hdr(3, 2, 1), &e),
             Err(PscError::ReservedSet(1))
         );
-        // end_entry = 252 (full batch), cur may reach 253.
-        assert_eq!(check_progress(200, 252, h(253, 252, 0)), Ok(true));
+        // A full batch: cur_entry may reach 253, not 254.
+        let full = batch_of(
+            &(0..MAX_ENTRIES as u64)
+                .map(|i| (i << 12, false))
+                .collect::<Vec<_>>(),
+        );
+        let fe = full.entries().to_vec();
         assert_eq!(
-            check_progress(200, 252, h(254, 252, 0)),
+            check_exit(&full, at(200, 0), hdr(253, 252, 0), &fe),
+            Ok(ExitOutcome::Done)
+        );
+        assert_eq!(
+            check_exit(&full, at(200, 0), hdr(254, 252, 0), &fe),
             Err(PscError::Overrun(254))
         );
+        // The bound: one exit per position plus the stalls.
+        assert_eq!(exit_bound(&b), 2 + 513 + 2 + MAX_STALLED_EXITS);
+        assert_eq!(exit_bound(&full), 2 * MAX_ENTRIES + MAX_STALLED_EXITS);
     }
 
     #[test]
@@ -512,46 +809,119 @@ mod tests {
     }
 
     #[test]
-    fn lying_hypervisors_are_refused() {
+    fn progress_inside_a_2m_entry_over_several_exits() {
+        // [0x1F_F000, 0x60_1000): 4K, 2M, 2M, 4K. 100 pages per exit: each
+        // 2 MiB entry takes several exits with cur_entry unchanged and
+        // cur_page advancing (the emulated platform does 256 per exit).
+        let ranges = [r(0x1F_F000, 0x60_1000)];
+        let expected: Vec<u64> = PscBatches::new(&ranges, PageState::Private)
+            .unwrap()
+            .flat_map(|b| b.entries().to_vec())
+            .collect();
+        for per_exit in [1u16, 100, 256, 511, 512, 513] {
+            let mut g = ghcb_with(|hv| hv.psc_mode = PscMode::Pages(per_exit));
+            g.change_page_state(&ranges, PageState::Private).unwrap();
+            let (_, hv) = g.into_parts();
+            assert_eq!(hv.psc_done, expected, "{per_exit} pages per exit");
+            let pages: usize = 1 + 512 + 512 + 1;
+            assert_eq!(
+                hv.psc_exits,
+                pages.div_ceil(usize::from(per_exit)),
+                "{per_exit} pages per exit"
+            );
+        }
+    }
+
+    #[test]
+    fn stalls_are_tolerated_up_to_the_bound() {
         let ranges = [r(0x1000, 0x9000)];
+        let mut g = ghcb_with(|hv| hv.psc_mode = PscMode::Stall(MAX_STALLED_EXITS));
+        g.change_page_state(&ranges, PageState::Shared).unwrap();
+        let (_, hv) = g.into_parts();
+        assert_eq!(hv.psc_exits, MAX_STALLED_EXITS + 1);
+        assert_eq!(hv.psc_done.len(), 8);
+        let mut g = ghcb_with(|hv| hv.psc_mode = PscMode::NoProgress);
+        assert_eq!(
+            g.change_page_state(&ranges, PageState::Shared),
+            Err(PscError::NoProgress {
+                stalls: MAX_STALLED_EXITS + 1
+            })
+        );
+        assert_eq!(g.into_parts().1.psc_exits, MAX_STALLED_EXITS + 1);
+    }
+
+    #[test]
+    fn lying_hypervisors_are_refused() {
+        // Four 4 KiB pages, then a 2 MiB one (end_entry 4).
+        let ranges = [r(0x1C_0000, 0x1C_4000), r(0x20_0000, 0x40_0000)];
         let run = |mode| {
             let mut g = ghcb_with(|hv| hv.psc_mode = mode);
             let e = g.change_page_state(&ranges, PageState::Shared).unwrap_err();
             (e, g.into_parts().1.psc_exits)
         };
         assert_eq!(
-            run(PscMode::NoProgress),
-            (
-                PscError::NoProgress {
-                    before: 0,
-                    after: 0
-                },
-                1
-            )
-        );
-        assert_eq!(
             run(PscMode::Backwards),
             (
-                PscError::NoProgress {
+                PscError::EntryBackwards {
                     before: 2,
                     after: 1
                 },
                 2
             )
         );
-        assert_eq!(run(PscMode::Overrun), (PscError::Overrun(9), 1));
+        assert_eq!(run(PscMode::Overrun), (PscError::Overrun(6), 1));
         assert_eq!(
             run(PscMode::ShrinkEnd),
             (
                 PscError::EndChanged {
-                    expected: 7,
-                    got: 6
+                    expected: 4,
+                    got: 3
                 },
                 1
             )
         );
         assert_eq!(run(PscMode::Reserved), (PscError::ReservedSet(1), 1));
         assert_eq!(run(PscMode::Error(0x10)), (PscError::HostError(0x10), 1));
+        let b = PscBatches::new(&ranges, PageState::Shared)
+            .unwrap()
+            .next()
+            .unwrap();
+        let e = b.entries();
+        // The host rewrites the next entry's GFN, or the operation of the one
+        // it finished, between exits: terminate (the caller maps PscError to
+        // TerminateReason::PSC).
+        assert_eq!(
+            run(PscMode::RewriteGfn),
+            (
+                PscError::EntryRewritten {
+                    index: 1,
+                    expected: e[1],
+                    got: e[1] + (1 << 12)
+                },
+                1
+            )
+        );
+        assert_eq!(
+            run(PscMode::RewriteOp),
+            (
+                PscError::EntryRewritten {
+                    index: 0,
+                    expected: e[0],
+                    got: (e[0] | 1) ^ (3 << 52)
+                },
+                1
+            )
+        );
+        assert_eq!(
+            run(PscMode::CurPageTooBig),
+            (
+                PscError::BadCurPage {
+                    entry: 0,
+                    cur_page: 513
+                },
+                1
+            )
+        );
         // Missing info2 valid bit; error status.
         let mut g = ghcb_with(|hv| hv.lie = Lie::DropValid(Field::SwExitInfo2));
         assert_eq!(
@@ -570,11 +940,45 @@ mod tests {
     }
 
     #[test]
+    fn page_backwards_inside_a_2m_entry_is_refused() {
+        let ranges = [r(0x20_0000, 0x40_0000)];
+        let mut g = ghcb_with(|hv| hv.psc_mode = PscMode::PageBackwards);
+        assert_eq!(
+            g.change_page_state(&ranges, PageState::Private),
+            Err(PscError::PageBackwards {
+                entry: 0,
+                before: 100,
+                after: 50
+            })
+        );
+        assert_eq!(g.into_parts().1.psc_exits, 2);
+    }
+
+    /// "Done" with nothing done cannot be told from the buffer (the module
+    /// docs say why): the PSC layer accepts it, and the PVALIDATE that follows
+    /// a PSC to private is what catches it (see validate.rs
+    /// `psc_that_changed_nothing_is_caught_by_pvalidate`).
+    #[test]
+    fn done_but_nothing_done_is_not_visible_here() {
+        let ranges = [r(0x20_0000, 0x40_0000), r(0x50_0000, 0x50_2000)];
+        let mut g = ghcb_with(|hv| hv.psc_mode = PscMode::NoopDone);
+        g.change_page_state(&ranges, PageState::Private).unwrap();
+        let (_, hv) = g.into_parts();
+        assert_eq!(hv.psc_exits, 1);
+        assert!(hv.psc_done.is_empty());
+    }
+
+    #[test]
     fn worst_case_partial_progress_is_bounded() {
         // One entry per exit over a full batch: exactly 253 exits, within the bound.
         let ranges = [r(0x1000, 0x1000 + MAX_ENTRIES as u64 * 0x1000)];
         let mut g = ghcb_with(|hv| hv.psc_mode = PscMode::Partial(1));
         g.change_page_state(&ranges, PageState::Private).unwrap();
         assert_eq!(g.into_parts().1.psc_exits, MAX_ENTRIES);
+        // One page per exit over 2 MiB entries: 512 exits per entry.
+        let ranges = [r(0x20_0000, 0x60_0000)];
+        let mut g = ghcb_with(|hv| hv.psc_mode = PscMode::Pages(1));
+        g.change_page_state(&ranges, PageState::Private).unwrap();
+        assert_eq!(g.into_parts().1.psc_exits, 1024);
     }
 }

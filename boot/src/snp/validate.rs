@@ -650,6 +650,8 @@ mod tests {
         lie_input: BTreeSet<u64>,
         lie_eax: BTreeMap<u64, u32>,
         lie_mismatch_4k: BTreeSet<u64>,
+        /// The PSC to private reports success but changes nothing.
+        psc_noop: bool,
         log: Vec<String>,
         touched: Vec<u64>,
         pvalidates: usize,
@@ -659,6 +661,9 @@ mod tests {
         fn psc_private(&mut self, range: GpaRange) -> Result<(), PscError> {
             self.log
                 .push(format!("psc {:#x}..{:#x}", range.start, range.end));
+            if self.psc_noop {
+                return Ok(());
+            }
             for g in (range.start..range.end).step_by(PAGE_SIZE as usize) {
                 self.private.insert(g);
             }
@@ -969,6 +974,48 @@ mod tests {
             Err(ValidateError::Set(SetError::AlreadyValidated(0x9_0000)))
         );
         assert_eq!(rmp.pvalidates, before);
+    }
+
+    /// A PSC that says "done" but left the RMP alone (psc.rs
+    /// `done_but_nothing_done_is_not_visible_here`) is caught by the first
+    /// PVALIDATE: FAIL_INPUT for a page that is not guest-assigned, CF = 1 for
+    /// one that was private and validated already (aliased). Either way
+    /// validation stops before the page is used (boot terminates with
+    /// `TerminateReason::PVALIDATE`).
+    #[test]
+    fn psc_that_changed_nothing_is_caught_by_pvalidate() {
+        let p = ValidationPlan::from_ranges(&[r(0x20_0000, 0x40_0000)]).unwrap();
+        let mut rmp = FakeRmp {
+            psc_noop: true,
+            ..FakeRmp::default()
+        };
+        let mut set = ValidatedSet::new();
+        assert_eq!(
+            validate_plan(&p, &mut rmp, &mut set, Touch::EveryPage),
+            Err(ValidateError::FailInput {
+                gpa: 0x20_0000,
+                size: PageSize::Size2M
+            })
+        );
+        assert!(rmp.validated.is_empty() && rmp.touched.is_empty());
+        assert!(set.ranges().is_empty());
+        // The page was private and validated before (the host aliased it).
+        let mut rmp = FakeRmp {
+            psc_noop: true,
+            ..FakeRmp::default()
+        };
+        for g in (0x20_0000..0x40_0000).step_by(PAGE_SIZE as usize) {
+            rmp.private.insert(g);
+            rmp.validated.insert(g);
+        }
+        assert_eq!(
+            validate_plan(&p, &mut rmp, &mut ValidatedSet::new(), Touch::EveryPage),
+            Err(ValidateError::DoubleValidation {
+                gpa: 0x20_0000,
+                size: PageSize::Size2M
+            })
+        );
+        assert!(rmp.touched.is_empty());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The kernel's AMD SEV-SNP support (issue 4): the GHCB boot registered, port
-//! I/O through it, the #VC handler's CPUID emulation from the CPUID page,
-//! termination, and wiping key material.
+//! I/O through it, the #VC handler (CPUID from the CPUID page, intercepted
+//! RDTSC/RDTSCP through the GHCB), termination (reasons in
+//! `docs/snp-termination.md`), the VMGEXIT and #VC counts shown on
+//! `/metrics`, and wiping key material.
 //!
 //! Boot has already done the one-time work (reference §4): detected SNP, built
 //! page tables with the C-bit on every private mapping (the shared pool and
@@ -31,7 +33,7 @@ use vellum_boot::{
     snp::{cpuid::CpuidPage, msr_protocol::TerminateReason},
 };
 
-pub use ghcb::{GhcbPorts, guest_request};
+pub use ghcb::{GhcbPorts, exits, guest_request};
 
 /// SEV_STATUS bit 2: SEV-SNP active.
 const SEV_STATUS_SNP: u64 = 1 << 2;
@@ -43,12 +45,13 @@ pub const GUEST_RESPONSE_PAGE: u64 = 2 * PAGE_SIZE;
 
 /// Secrets page (reference §5): VMPCK0 at 0x20, VMPCK1..3 at 0x40, 0x60, 0x80,
 /// 32 bytes each.
-pub const VMPCK0_OFFSET: u64 = 0x20;
+const VMPCK0_OFFSET: u64 = 0x20;
 const VMPCK1_OFFSET: u64 = 0x40;
 const VMPCK_END: u64 = 0xA0;
 
 static SNP: AtomicBool = AtomicBool::new(false);
 static GHCB_GPA: AtomicU64 = AtomicU64::new(0);
+static BOOT_VMGEXITS: AtomicU64 = AtomicU64::new(0);
 static CPUID: Once<CpuidPage> = Once::new();
 static WIPE_HOOK: Once<fn()> = Once::new();
 
@@ -60,6 +63,11 @@ pub fn is_snp() -> bool {
 /// The GHCB's GPA (0 without SNP).
 pub fn ghcb_gpa() -> u64 {
     GHCB_GPA.load(Ordering::Relaxed)
+}
+
+/// VMGEXITs the boot stage made (from the hand-off; 0 without SNP).
+pub fn boot_vmgexits() -> u64 {
+    BOOT_VMGEXITS.load(Ordering::Relaxed)
 }
 
 /// The parsed CPUID page (SNP only).
@@ -86,6 +94,7 @@ pub fn init(handoff: &Handoff) {
         terminate(TerminateReason::REGISTER);
     }
     GHCB_GPA.store(handoff.ghcb, Ordering::Relaxed);
+    BOOT_VMGEXITS.store(handoff.boot_vmgexits, Ordering::Relaxed);
     let mut copy = [0u8; PAGE_SIZE as usize];
     // SAFETY: the CPUID page is an ASEV range: private, launch-validated, and
     // identity-mapped with the C-bit by boot's tables, which the kernel keeps;
@@ -104,6 +113,26 @@ pub fn init(handoff: &Handoff) {
     CPUID.call_once(|| page);
     wipe_vmpck(VMPCK1_OFFSET, VMPCK_END);
     port::set_ports(&GhcbPorts);
+}
+
+/// Reads VMPCK0 from the secrets page (all zero once wiped, or when the
+/// launch gave none).
+pub fn read_vmpck0() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    for (i, b) in key.iter_mut().enumerate() {
+        let p = (layout::SNP_SECRETS_PAGE + VMPCK0_OFFSET + i as u64) as *const u8;
+        // SAFETY: the secrets page is an ASEV range (private, launch-validated,
+        // identity-mapped with the C-bit, reserved by boot); reading it has no
+        // side effects.
+        *b = unsafe { core::ptr::read_volatile(p) };
+    }
+    key
+}
+
+/// Wipes VMPCK0 from the secrets page (attestation burns its key, or has
+/// taken it into its cipher).
+pub fn wipe_vmpck0() {
+    wipe_vmpck(VMPCK0_OFFSET, VMPCK1_OFFSET);
 }
 
 fn wipe_vmpck(from: u64, to: u64) {
@@ -125,9 +154,9 @@ pub fn register_wipe_hook(hook: fn()) {
 
 /// Wipes key material: the registered hook, then (under SNP) VMPCK0..3 on the
 /// secrets page. Called by the panic handler before it prints anything.
-/// VMPCK0 stays on the secrets page until then because the attestation code
-/// reads it there (it never copies it into the shared pool); after this call no
-/// guest request can be made.
+/// VMPCK0 stays on the secrets page until the first attestation request takes
+/// it into its cipher (on the heap, which the panic handler wipes next); after
+/// this call no guest request can be made.
 pub fn wipe_secrets() {
     if let Some(hook) = WIPE_HOOK.get() {
         hook();

@@ -1,25 +1,41 @@
 //! The #VC (vector 29) handler's logic: CPUID answered from the CPUID page,
-//! everything else terminates. No instruction decoder (reference §4 "#VC").
+//! RDTSC/RDTSCP through the GHCB, everything else terminates. No instruction
+//! decoder (reference §4 "#VC").
 //!
 //! The entry stub (`arch::interrupts`, on `IST_VC`) saves every GPR into a
-//! [`VcFrame`] and the extended state with XSAVE, calls [`handle_vc`], restores
+//! [`VcFrame`] and the extended state with XSAVE, calls [`handle`], restores
 //! and IRETQs, so the handler can rewrite RAX..RDX and RIP of the interrupted
 //! code.
 //!
-//! Why only CPUID: the kernel does port I/O through explicit GHCB calls, reads
+//! Why only these: the kernel does port I/O through explicit GHCB calls, reads
 //! no intercepted MSRs and maps no MMIO, so IOIO/MSR/NPF exits never happen
-//! legitimately; CPUID does (runtime feature detection in dependencies). The
-//! hypervisor can inject #VC at will (no restricted injection), so the error
-//! code is checked against the bytes at RIP (`vc::decide`, as Linux
-//! `vc_check_opcode_bytes` and Oak `vc_handler` do).
+//! legitimately; CPUID does (runtime feature detection in dependencies), and
+//! RDTSC/RDTSCP do if the hypervisor intercepts them (the clock reads the TSC
+//! on every poll; KVM does not intercept it by default). The hypervisor can
+//! inject #VC at will (no restricted injection), so the error code is checked
+//! against the bytes at RIP (`vc::decide`, as Linux `vc_check_opcode_bytes`
+//! and Oak `vc_handler` do). Every #VC is counted ([`count`], on `/metrics`):
+//! under a host that does not intercept RDTSC it stays at the handful of
+//! CPUIDs made at start-up.
 
-use super::{cpuid_page, is_snp, terminate};
-use core::arch::asm;
+use super::{cpuid_page, ghcb, is_snp, terminate};
+use core::{
+    arch::asm,
+    sync::atomic::{AtomicU64, Ordering},
+};
 use vellum_boot::snp::{
     cpuid::apply_cr4_bits,
     msr_protocol::TerminateReason,
-    vc::{self, CPUID_OPCODE, VcAction},
+    vc::{self, OPCODE_BYTES, VcAction, VcReason},
 };
+
+/// #VC exceptions handled.
+static VC_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// #VC exceptions handled so far.
+pub fn count() -> u64 {
+    VC_COUNT.load(Ordering::Relaxed)
+}
 
 /// The interrupted context as the entry stub saved it: GPRs in reverse push
 /// order, then the CPU's exception frame (error code, RIP, CS, RFLAGS, RSP, SS).
@@ -92,12 +108,14 @@ pub fn handle(frame: &mut VcFrame) {
             frame.error_code, frame.rip
         );
     }
-    let mut insn = [0u8; CPUID_OPCODE.len()];
+    VC_COUNT.fetch_add(1, Ordering::Relaxed);
+    let mut insn = [0u8; OPCODE_BYTES];
     for (i, b) in insn.iter_mut().enumerate() {
         // SAFETY: RIP is the interrupted kernel instruction (the hypervisor
         // cannot change guest registers under SNP); all of [0, 4 GiB) is
-        // mapped present by the boot tables, so reading two bytes there cannot
-        // fault; the bytes are copied once and only the copy is examined.
+        // mapped present by the boot tables and the kernel lies far below
+        // 4 GiB, so reading three bytes there cannot fault; the bytes are
+        // copied once and only the copy is examined.
         *b = unsafe { core::ptr::read_volatile((frame.rip as *const u8).wrapping_add(i)) };
     }
     match vc::decide(frame.error_code, &insn) {
@@ -123,6 +141,22 @@ pub fn handle(frame: &mut VcFrame) {
             frame.rcx = regs[2].into();
             frame.rdx = regs[3].into();
             frame.rip += u64::from(insn_len);
+        }
+        VcAction::RdtscAtRip { insn_len } => {
+            let tsc = ghcb::rdtsc();
+            frame.rax = tsc & 0xFFFF_FFFF;
+            frame.rdx = tsc >> 32;
+            frame.rip += u64::from(insn_len);
+        }
+        VcAction::RdtscpAtRip { insn_len } => {
+            let (tsc, aux) = ghcb::rdtscp();
+            frame.rax = tsc & 0xFFFF_FFFF;
+            frame.rdx = tsc >> 32;
+            frame.rcx = aux.into();
+            frame.rip += u64::from(insn_len);
+        }
+        VcAction::Unexpected(VcReason::PageNotValidated) => {
+            terminate(TerminateReason::NOT_VALIDATED)
         }
         VcAction::Unexpected(_) => terminate(TerminateReason::UNEXPECTED_VC),
     }

@@ -53,19 +53,40 @@ impl<'a> MetricsWriter<'a> {
         self.metric(name, "", "gauge", help, value);
     }
 
-    fn name(&mut self, name: &str, suffix: &str) {
-        self.out.extend_from_slice(b"vellum_");
-        self.out.extend(name.bytes().map(|b| {
+    /// A counter family: one `# HELP`/`# TYPE` for `vellum_<name>_total`,
+    /// then one sample `vellum_<name>_total{<label>="<value>"} <n>` per entry
+    /// of `samples`. Label name and values are sanitized like metric names.
+    pub fn counter_family(&mut self, name: &str, help: &str, label: &str, samples: &[(&str, u64)]) {
+        self.header(name, "_total", "counter", help);
+        for &(value, n) in samples {
+            self.name(name, "_total");
+            self.out.push(b'{');
+            self.sanitized(label);
+            self.out.extend_from_slice(b"=\"");
+            self.sanitized(value);
+            self.out.extend_from_slice(b"\"} ");
+            push_decimal(self.out, n);
+            self.out.push(b'\n');
+        }
+    }
+
+    fn sanitized(&mut self, s: &str) {
+        self.out.extend(s.bytes().map(|b| {
             if b.is_ascii_alphanumeric() || b == b'_' {
                 b
             } else {
                 b'_'
             }
         }));
+    }
+
+    fn name(&mut self, name: &str, suffix: &str) {
+        self.out.extend_from_slice(b"vellum_");
+        self.sanitized(name);
         self.out.extend_from_slice(suffix.as_bytes());
     }
 
-    fn metric(&mut self, name: &str, suffix: &str, kind: &str, help: &str, value: u64) {
+    fn header(&mut self, name: &str, suffix: &str, kind: &str, help: &str) {
         self.out.extend_from_slice(b"# HELP ");
         self.name(name, suffix);
         self.out.push(b' ');
@@ -79,6 +100,10 @@ impl<'a> MetricsWriter<'a> {
         self.out.push(b' ');
         self.out.extend_from_slice(kind.as_bytes());
         self.out.push(b'\n');
+    }
+
+    fn metric(&mut self, name: &str, suffix: &str, kind: &str, help: &str, value: u64) {
+        self.header(name, suffix, kind, help);
         self.name(name, suffix);
         self.out.push(b' ');
         push_decimal(self.out, value);

@@ -524,6 +524,12 @@ fn metrics_exposition() {
     let mut r = Router::new();
     r.set_metrics_extra(Some(Box::new(|w: &mut MetricsWriter<'_>| {
         w.gauge("heap bytes", "Heap\nin use.", 1234);
+        w.counter_family(
+            "snp_vmgexits",
+            "VMGEXITs by kind.",
+            "kind",
+            &[("io", 7), ("guest_request", 0), ("bad\"} 9\nx", 1)],
+        );
     })));
     r.set_gauges(StackGauges {
         http_connections: 3,
@@ -546,6 +552,13 @@ fn metrics_exposition() {
     assert!(text.contains("# HELP vellum_echo_bytes_total "));
     assert!(text.contains("# TYPE vellum_http_connections gauge\nvellum_http_connections 3\n"));
     assert!(text.contains("# HELP vellum_heap_bytes Heap in use.\n# TYPE vellum_heap_bytes gauge\nvellum_heap_bytes 1234\n"));
+    assert!(text.contains(
+        "# HELP vellum_snp_vmgexits_total VMGEXITs by kind.\n\
+         # TYPE vellum_snp_vmgexits_total counter\n\
+         vellum_snp_vmgexits_total{kind=\"io\"} 7\n\
+         vellum_snp_vmgexits_total{kind=\"guest_request\"} 0\n\
+         vellum_snp_vmgexits_total{kind=\"bad___9_x\"} 1\n"
+    ));
     // Every line is a comment or "name value".
     for line in text.lines() {
         assert!(
