@@ -1,6 +1,7 @@
-# Sourced by run-qemu.sh, test.sh and .ci/run: makes sure this machine has
-# what Vellum needs, installing it when we are root, and otherwise saying
-# exactly what to install. Idempotent and quiet when everything is there.
+# shellcheck shell=bash
+# Sourced by run-qemu.sh, test.sh, .ci/run and snp-platform/build.sh: makes
+# sure this machine has what Vellum needs, installing it when we are root, and
+# otherwise saying exactly what to install. Idempotent and quiet when everything is there.
 #
 #   VELLUM_SETUP_NEED="qemu curl openssl python wrk iproute"   (default: qemu)
 

@@ -5,6 +5,12 @@
 //! under a small watchdog shell that kills the group when the test process
 //! closes the watchdog's stdin (on drop, or when the test process dies), so no
 //! QEMU outlives the tests.
+//!
+//! The platform is a parameter of the harness, not of the tests:
+//! `VELLUM_PLATFORM=tcg` (the default: plain QEMU/TCG) or
+//! `VELLUM_PLATFORM=snp-emulated` (the emulated SEV-SNP platform of
+//! `snp-platform/`, `run-qemu.sh --snp-emulated`). Every guest boots on it;
+//! tests that expect something platform-specific ask [`platform()`].
 
 pub mod http;
 
@@ -13,7 +19,7 @@ use std::{
     net::TcpListener,
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     thread,
     time::{Duration, Instant},
 };
@@ -127,15 +133,169 @@ impl Drop for TapNs {
     }
 }
 
-/// `run-qemu.sh` arguments every guest gets: the image under test and a
-/// 15-minute limit.
+/// The platform the guests run on (`VELLUM_PLATFORM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// Plain QEMU/TCG with `-cpu max`: no SEV; `isa-debug-exit` stops QEMU.
+    Tcg,
+    /// The emulated SEV-SNP platform (`snp-platform/`): QEMU 10.0.2 with our
+    /// patch, under TCG, launching the image as an SEV-SNP guest.
+    SnpEmulated,
+}
+
+/// The platform of this test run, from `VELLUM_PLATFORM` (`tcg`, the default,
+/// or `snp-emulated`). The first call under `snp-emulated` builds the
+/// platform if needed (`snp-platform/build.sh`, about 3 minutes when fresh),
+/// so that no guest's boot timeout includes the build; it panics with the
+/// reason if that fails.
+pub fn platform() -> Platform {
+    state().0
+}
+
+/// The platform, and under `snp-emulated` its QEMU binary: built once and
+/// used by every guest of this test process (`VELLUM_SNP_QEMU` for
+/// `run-qemu.sh`), even if `snp-platform/` changes meanwhile.
+fn state() -> &'static (Platform, Option<String>) {
+    static STATE: OnceLock<(Platform, Option<String>)> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let p = match std::env::var("VELLUM_PLATFORM") {
+            Err(_) => Platform::Tcg,
+            Ok(v) => Platform::parse(&v).unwrap_or_else(|| {
+                panic!("VELLUM_PLATFORM={v:?}: expected `tcg` (the default) or `snp-emulated`")
+            }),
+        };
+        let qemu = (p == Platform::SnpEmulated).then(build_snp_platform);
+        match &qemu {
+            Some(q) => eprintln!("itest: platform {} ({q})", p.name()),
+            None => eprintln!("itest: platform {}", p.name()),
+        }
+        (p, qemu)
+    })
+}
+
+/// Runs `snp-platform/build.sh --path` (progress on stderr) and returns the
+/// binary's path; panics with a sentence if the platform cannot be built.
+fn build_snp_platform() -> String {
+    let script = root().join("snp-platform/build.sh");
+    let out = Command::new(&script)
+        .arg("--path")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && !path.is_empty(),
+        "VELLUM_PLATFORM=snp-emulated: building the emulated SEV-SNP platform failed \
+         ({} exited with {}; its messages are above). Fix that, or run the guest tests \
+         on plain TCG (unset VELLUM_PLATFORM).",
+        script.display(),
+        out.status
+    );
+    path
+}
+
+impl Platform {
+    /// The platform named `tcg` or `snp-emulated`.
+    pub fn parse(name: &str) -> Option<Platform> {
+        match name.trim() {
+            "" | "tcg" => Some(Platform::Tcg),
+            "snp-emulated" => Some(Platform::SnpEmulated),
+            _ => None,
+        }
+    }
+
+    /// Its `VELLUM_PLATFORM` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Tcg => "tcg",
+            Platform::SnpEmulated => "snp-emulated",
+        }
+    }
+
+    /// Whether the guest runs as an SEV-SNP guest there.
+    pub fn is_snp(self) -> bool {
+        self == Platform::SnpEmulated
+    }
+
+    /// The `run-qemu.sh` arguments that select it.
+    pub fn run_args(self) -> &'static [&'static str] {
+        match self {
+            Platform::Tcg => &[],
+            Platform::SnpEmulated => &["--snp-emulated"],
+        }
+    }
+
+    /// What the kernel's banner says it runs on (`Vellum 0.1.0 - ... running ...`).
+    pub fn boot_banner(self) -> &'static str {
+        match self {
+            Platform::Tcg => "running without SEV",
+            Platform::SnpEmulated => "running under SEV-SNP",
+        }
+    }
+
+    /// QEMU's exit status when the guest stops on a fatal error (a kernel
+    /// panic, a refusal by the boot stage): 35 under TCG (isa-debug-exit
+    /// 0x11); 86 under SEV-SNP, where the guest asks the platform to
+    /// terminate it (there is no isa-debug-exit device, as on a real launch).
+    pub fn failure_status(self) -> i32 {
+        match self {
+            Platform::Tcg => 35,
+            Platform::SnpEmulated => SNP_EXIT_TERMINATED,
+        }
+    }
+
+    /// What an early QEMU exit with `status` means here, for error messages.
+    pub fn explain_exit(self, status: i32, log: &str) -> String {
+        let mut why = match (self, status) {
+            (_, 124) => "run-qemu.sh's --timeout expired".to_string(),
+            (Platform::Tcg, 33) => "the guest exited cleanly (isa-debug-exit 0x10)".into(),
+            (Platform::Tcg, 35) => {
+                "the guest stopped on a fatal error (isa-debug-exit 0x11)".into()
+            }
+            (Platform::SnpEmulated, SNP_EXIT_TERMINATED) => {
+                "the guest asked the platform to terminate it (see the snp-emu line)".into()
+            }
+            (Platform::SnpEmulated, SNP_EXIT_FATAL) => {
+                "a fatal platform error caused by the guest (RMP violation or the like; see the \
+                 snp-emu line)"
+                    .into()
+            }
+            (_, s) => format!("QEMU or run-qemu.sh failed (status {s})"),
+        };
+        if self == Platform::SnpEmulated
+            && (log.contains("sev-snp-guest.emulated") || log.contains("support confidential"))
+        {
+            why.push_str(
+                "; this QEMU build does not have the emulated SEV-SNP platform \
+                 (snp-platform/patches not applied yet?)",
+            );
+        }
+        format!("platform {} (VELLUM_PLATFORM): {why}", self.name())
+    }
+}
+
+/// Exit status of the emulated SEV-SNP platform when the guest asks it to
+/// terminate (GHCB termination request); stderr says `snp-emu: guest terminated: ...`.
+pub const SNP_EXIT_TERMINATED: i32 = 86;
+/// Exit status of the emulated SEV-SNP platform after a fatal platform error
+/// the guest caused (RMP violation and the like); stderr says `snp-emu: ...`.
+pub const SNP_EXIT_FATAL: i32 = 87;
+
+/// `run-qemu.sh` arguments every guest gets: the platform, the image under
+/// test and a 15-minute limit.
 fn base_args() -> Vec<String> {
-    vec![
+    let mut args: Vec<String> = platform()
+        .run_args()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend([
         "--image".into(),
         image().display().to_string(),
         "--timeout".into(),
         "900".into(),
-    ]
+    ]);
+    args
 }
 
 /// What QEMU prints when a forwarded host port is already taken.
@@ -175,9 +335,14 @@ impl Guest {
     /// Retries (with other ports) when a host port was taken between choosing
     /// and binding it.
     pub fn boot() -> Guest {
+        Guest::boot_with(&[])
+    }
+
+    /// [`Guest::boot`] with extra `run-qemu.sh` arguments.
+    pub fn boot_with(extra: &[&str]) -> Guest {
         let mut attempt = 1;
         loop {
-            let g = Guest::start(&[]);
+            let g = Guest::start(extra);
             match g.wait_for("vellum ready", Duration::from_secs(60)) {
                 Ok(()) => return g,
                 Err(e) if e.contains(PORT_TAKEN) && attempt < 5 => attempt += 1,
@@ -238,7 +403,11 @@ impl Guest {
         argv.extend(args);
         // Watchdog: QEMU in the background, then wait for stdin to close and
         // kill the whole (new) process group.
-        let mut child = Command::new("setsid")
+        let mut cmd = Command::new("setsid");
+        if let Some(qemu) = &state().1 {
+            cmd.env("VELLUM_SNP_QEMU", qemu);
+        }
+        let mut child = cmd
             .arg("bash")
             .arg("-c")
             .arg(WATCHDOG)
@@ -289,7 +458,13 @@ impl Guest {
                 || log.contains("vellum-boot: fatal")
                 || log.contains(EXIT_MARKER)
             {
-                return Err(format!("guest failed while waiting for {needle:?}:\n{log}"));
+                let why = match exit_status(&log) {
+                    Some(s) => format!(" ({})", platform().explain_exit(s, &log)),
+                    None => String::new(),
+                };
+                return Err(format!(
+                    "guest failed while waiting for {needle:?}{why}:\n{log}"
+                ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -305,12 +480,8 @@ impl Guest {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.log();
-            if let Some(i) = log.find(EXIT_MARKER) {
-                let rest = &log[i + EXIT_MARKER.len()..];
-                let code = rest.lines().next().unwrap_or("").trim();
-                return code
-                    .parse()
-                    .map_err(|_| format!("bad exit marker {code:?}"));
+            if log.contains(EXIT_MARKER) {
+                return exit_status(&log).ok_or_else(|| format!("bad exit marker:\n{log}"));
             }
             if Instant::now() > deadline {
                 return Err(format!("QEMU still running after {timeout:?}:\n{log}"));
@@ -320,11 +491,72 @@ impl Guest {
     }
 }
 
+/// QEMU's exit status, once the watchdog's marker is in `log`.
+fn exit_status(log: &str) -> Option<i32> {
+    let i = log.find(EXIT_MARKER)?;
+    log[i + EXIT_MARKER.len()..]
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .ok()
+}
+
 impl Drop for Guest {
     fn drop(&mut self) {
         if let Some(mut s) = self.stdin.take() {
             let _ = s.write_all(b"\n");
         }
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_names_round_trip() {
+        for p in [Platform::Tcg, Platform::SnpEmulated] {
+            assert_eq!(Platform::parse(p.name()), Some(p));
+        }
+        assert_eq!(Platform::parse(""), Some(Platform::Tcg));
+        assert_eq!(Platform::parse("snp"), None);
+        assert_eq!(Platform::SnpEmulated.run_args(), ["--snp-emulated"]);
+        assert!(Platform::Tcg.run_args().is_empty());
+    }
+
+    #[test]
+    fn early_exits_are_explained() {
+        let p = Platform::SnpEmulated;
+        assert!(
+            p.explain_exit(86, "")
+                .contains("asked the platform to terminate")
+        );
+        assert!(p.explain_exit(87, "").contains("RMP violation"));
+        // QEMU without our patch, or without emulated=on support under TCG.
+        let unpatched = "qemu-system-x86_64: -object sev-snp-guest,id=sev0,emulated=on: \
+                         Property 'sev-snp-guest.emulated' not found";
+        assert!(
+            p.explain_exit(1, unpatched)
+                .contains("does not have the emulated")
+        );
+        let no_tcg = "qemu-system-x86_64: accelerator does not support confidential guest sev0";
+        assert!(
+            p.explain_exit(1, no_tcg)
+                .contains("does not have the emulated")
+        );
+        assert!(!Platform::Tcg.explain_exit(1, no_tcg).contains("emulated"));
+        assert!(Platform::Tcg.explain_exit(35, "").contains("fatal error"));
+    }
+
+    #[test]
+    fn exit_status_reads_the_watchdog_marker() {
+        assert_eq!(
+            exit_status("boot\nvellum-itest: qemu exit status 86\n"),
+            Some(86)
+        );
+        assert_eq!(exit_status("no marker"), None);
     }
 }

@@ -1,7 +1,8 @@
-//! Boots the real image under QEMU/TCG and checks the boot log.
+//! Boots the real image on the test platform (`VELLUM_PLATFORM`: QEMU/TCG or
+//! the emulated SEV-SNP platform) and checks the boot log.
 
 use std::time::Duration;
-use vellum_itest::Guest;
+use vellum_itest::{Guest, platform};
 
 #[test]
 fn boots_to_ready_with_a_clear_log() {
@@ -10,7 +11,7 @@ fn boots_to_ready_with_a_clear_log() {
     for want in [
         "vellum-boot: 64-bit mode",
         "Vellum 0.1.0 - confidential unikernel",
-        "running without SEV",
+        platform().boot_banner(),
         "exceptions run on IST stacks (int3 handled)",
         "memory found: 32 MiB in e820",
         "heap self-test: allocate and free ok",
@@ -42,12 +43,19 @@ fn too_little_memory_is_a_clear_error_not_a_hang() {
     // 4 MiB cannot hold the kernel and its stack (boot refuses the map); 6 MiB
     // holds them but not the 2 MiB heap minimum (the kernel refuses). Either
     // way: a message that says what is missing, and QEMU exits with the
-    // failure status 35 (isa-debug-exit 0x11).
+    // platform's failure status (TCG: 35, isa-debug-exit 0x11; SEV-SNP: 86,
+    // the guest asked to be terminated).
+    let p = platform();
     for mem in ["4M", "6M"] {
         let g = Guest::start(&["--mem", mem, "--no-net"]);
         let status = g.wait_exit(Duration::from_secs(60)).unwrap();
         let log = g.log();
-        assert_eq!(status, 35, "-m {mem}: {log}");
+        assert_eq!(
+            status,
+            p.failure_status(),
+            "-m {mem}: {}\n{log}",
+            p.explain_exit(status, &log)
+        );
         let boot_refused =
             log.contains("vellum-boot: fatal") && log.contains("give the guest more memory");
         let kernel_refused = log.contains("PANIC") && log.contains("memory plan");

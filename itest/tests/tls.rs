@@ -8,8 +8,9 @@ use std::{
     time::Duration,
 };
 use vellum_itest::{
-    Guest,
+    Guest, free_ports,
     http::{connects_for_two_transfers, curl},
+    platform,
 };
 use vellum_net::http::INDEX_HTML;
 
@@ -137,22 +138,22 @@ fn tls_echo_round_trips_four_mebibytes_byte_exact() {
 }
 
 #[test]
-fn attestation_says_no_snp_under_tcg() {
-    let g = Guest::boot();
+fn attestation_answers_as_the_platform_allows() {
+    // Under SEV-SNP the platform writes its certificate chain (ark, ask,
+    // vcek) where we ask, for the full check below.
+    let certs = std::env::temp_dir().join(format!(
+        "vellum-itest-certs-{}-{}",
+        std::process::id(),
+        free_ports::<1>()[0]
+    ));
+    let certs_arg = certs.display().to_string();
+    let extra: &[&str] = if platform().is_snp() {
+        &["--snp-certs", &certs_arg]
+    } else {
+        &[]
+    };
+    let g = Guest::boot_with(extra);
     let base = format!("https://127.0.0.1:{}", g.https);
-    let (rc, out) = curl(&[
-        "-k",
-        "-w",
-        "\n%{http_code}",
-        &format!("{base}/attestation?nonce=00ff"),
-    ]);
-    assert_eq!(rc, 0);
-    let text = String::from_utf8_lossy(&out);
-    assert!(text.ends_with("\n503"), "{text}");
-    assert!(
-        text.contains(r#""error":"not running under SEV-SNP""#),
-        "{text}"
-    );
     // Bad nonces are refused before anything else.
     for q in [
         "nonce=abc",
@@ -182,6 +183,76 @@ fn attestation_says_no_snp_under_tcg() {
         &format!("http://127.0.0.1:{}/attestation", g.http),
     ]);
     assert_eq!((rc, String::from_utf8_lossy(&out).trim()), (0, "404"));
+
+    let (rc, out) = curl(&[
+        "-k",
+        "-w",
+        "\n%{http_code}",
+        &format!("{base}/attestation?nonce=00ff"),
+    ]);
+    assert_eq!(rc, 0);
+    let text = String::from_utf8_lossy(&out);
+    if !platform().is_snp() {
+        assert!(text.ends_with("\n503"), "{text}");
+        assert!(
+            text.contains(r#""error":"not running under SEV-SNP""#),
+            "{text}"
+        );
+        return;
+    }
+    assert!(text.ends_with("\n200"), "{text}\n{}", g.log());
+    for field in [
+        r#""format":"vellum-attestation-v1""#,
+        r#""nonce":"00ff""#,
+        r#""report":""#,
+        r#""certificate":""#,
+    ] {
+        assert!(text.contains(field), "{field} missing: {text}");
+    }
+    // The full check, as a relying party makes it: `image verify` against the
+    // measurement of the image we booted and the platform's chain, its ARK
+    // trusted by the SHA-256 of its public key (it is not AMD's).
+    let ark = certs.join("ark.pem");
+    for name in ["ark.pem", "ask.pem", "vcek.pem"] {
+        assert!(
+            certs.join(name).is_file(),
+            "the platform did not write {name} to {} (--snp-certs)",
+            certs.display()
+        );
+    }
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "openssl x509 -in \"$1\" -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum",
+        )
+        .arg("sh")
+        .arg(&ark)
+        .output()
+        .expect("openssl");
+    let ark_sha = String::from_utf8_lossy(&spki.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(ark_sha.len(), 64, "SPKI SHA-256 of {}", ark.display());
+    // One report per second: the request above was the last one.
+    std::thread::sleep(Duration::from_millis(1100));
+    let image = vellum_itest::image().display().to_string();
+    let out = Command::new("cargo")
+        .current_dir(vellum_itest::root())
+        .args(["run", "-q", "-p", "vellum-image", "--", "verify"])
+        .args(["--url", &base, "--image", &image, "--certs", &certs_arg])
+        .args(["--trust-ark", &ark_sha])
+        .output()
+        .expect("cargo run -p vellum-image -- verify");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("result: VERIFIED") && !said.contains("WARN"),
+        "image verify:\n{said}{}\nguest log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        g.log()
+    );
+    let _ = std::fs::remove_dir_all(&certs);
 }
 
 #[test]

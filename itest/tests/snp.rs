@@ -1,0 +1,382 @@
+//! The SEV-SNP path against the emulated platform (`snp-platform/`): the ID
+//! block check at launch, the guest's own checks of its launch (SEV features,
+//! VMPL0), and a hostile host: one test per lie, each made through the
+//! platform's `fault=NAME` property (`docs/snp-platform.md`). Every lie must
+//! end in a termination with a stated reason (QEMU exits 86 and names the
+//! reason, decoded by `docs/snp-termination.md`), in the run ending at the
+//! platform's RMP check (87), or in a cleanly refused request, and never in
+//! use of the bad data; each test asserts which.
+//!
+//! These tests need the emulated platform: they run in the
+//! `VELLUM_PLATFORM=snp-emulated` pass of `./test.sh`, and say so and return
+//! in the plain-TCG pass (where no SNP exists to lie about).
+
+use std::{process::Command, time::Duration};
+use vellum_itest::{
+    Guest, SNP_EXIT_FATAL, SNP_EXIT_TERMINATED,
+    http::{curl, metric},
+    image, platform, root,
+};
+
+/// Vellum's own reason-code set (`docs/snp-termination.md`).
+const SET_VELLUM: u32 = 0xf;
+
+fn snp_only(test: &str) -> bool {
+    if platform().is_snp() {
+        return true;
+    }
+    eprintln!("{test}: runs in the VELLUM_PLATFORM=snp-emulated pass (./test.sh runs both)");
+    false
+}
+
+/// Boots with `extra` and waits for QEMU to exit; the status and the log.
+fn run_to_exit(extra: &[&str]) -> (i32, String) {
+    let g = Guest::start(extra);
+    let status = g
+        .wait_exit(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("QEMU did not exit: {e}"));
+    (status, g.log())
+}
+
+/// Asserts the guest asked to terminate with exactly (set, code).
+fn assert_terminated(status: i32, log: &str, set: u32, code: u32) {
+    assert_eq!(status, SNP_EXIT_TERMINATED, "{log}");
+    let want = format!("snp-emu: guest terminated: reason set {set}, code {code} ");
+    assert!(log.contains(&want), "expected {want:?}:\n{log}");
+}
+
+/// `GET /attestation` over HTTPS: (status, body). The guest answers one
+/// report request per second and says 429 to the rest: that is retried.
+fn attestation(g: &Guest) -> (u16, String) {
+    for _ in 0..20 {
+        let (rc, out) = curl(&[
+            "-k",
+            "-sS",
+            "-m",
+            "120",
+            "-w",
+            "\n%{http_code}",
+            &format!("https://127.0.0.1:{}/attestation?nonce=00ff", g.https),
+        ]);
+        assert_eq!(rc, 0, "curl failed: {}", String::from_utf8_lossy(&out));
+        let text = String::from_utf8_lossy(&out).to_string();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        let code: u16 = code.parse().expect("HTTP status");
+        if code != 429 {
+            return (code, body.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!(
+        "/attestation stayed rate-limited (429) for 6 s:\n{}",
+        g.log()
+    );
+}
+
+/// The guest still serves plain HTTP (it refused a request, it did not stop).
+fn assert_still_serving(g: &Guest) {
+    let (rc, out) = curl(&[
+        "-sS",
+        "-m",
+        "30",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{}/", g.http),
+    ]);
+    assert_eq!((rc, String::from_utf8_lossy(&out).trim()), (0, "200"));
+}
+
+/// After a refused guest request VMPCK0 is burnt: every later request is
+/// refused at once, without another message to the host.
+fn assert_key_burnt(g: &Guest) {
+    let before = g.log().matches("snp-emu: guest request").count();
+    let (code, body) = attestation(g);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("attestation is disabled"), "{body}");
+    assert_eq!(
+        g.log().matches("snp-emu: guest request").count(),
+        before,
+        "a burnt key must not reach the host again:\n{}",
+        g.log()
+    );
+}
+
+// ------------------------------------------------------------------ launch
+
+#[test]
+fn id_block_for_this_launch_is_accepted_and_a_wrong_one_refused() {
+    if !snp_only("id_block") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vellum-itest-id-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("id.pem");
+    let tool = |args: &[&str]| {
+        let out = Command::new("cargo")
+            .current_dir(root())
+            .args(["run", "-q", "-p", "vellum-image", "--"])
+            .args(args)
+            .output()
+            .expect("cargo run -p vellum-image");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    tool(&["id-block", "--gen-key", key.to_str().unwrap()]);
+
+    // run-qemu.sh signs an ID block for exactly this launch.
+    let g = Guest::boot_with(&["--id-key", key.to_str().unwrap()]);
+    assert!(
+        g.log().contains("snp-emu: ID block accepted"),
+        "{}",
+        g.log()
+    );
+    drop(g);
+
+    // One signed for another launch (2 vCPUs) carries another digest.
+    let img = image();
+    let wrong = tool(&[
+        "id-block",
+        "--image",
+        img.to_str().unwrap(),
+        "--id-key",
+        key.to_str().unwrap(),
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--policy",
+        "0x30000",
+    ]);
+    let (status, log) = run_to_exit(&["--id-block-args", &wrong]);
+    assert_eq!(status, 1, "{log}");
+    assert!(
+        log.contains("SNP_LAUNCH_FINISH refused the ID block")
+            && log.contains("launch digest differs"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("vellum-boot"),
+        "the guest must not run:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sev_features_the_guest_does_not_implement_terminate() {
+    if !snp_only("sev_features") {
+        return;
+    }
+    // SEV_FEATURES bit 2 (ReflectVC) changes how #VC is delivered: refused
+    // with the GHCB spec's general set, code 2 (SNP features unsupported).
+    let (status, log) = run_to_exit(&["--id-block-args", "sev-features=0x5", "--no-net"]);
+    assert_terminated(status, &log, 0, 2);
+    assert!(!log.contains("vellum ready"), "{log}");
+    // Bit 6 (PreventHostIBS) needs nothing of the guest: it boots.
+    let g = Guest::boot_with(&["--id-block-args", "sev-features=0x41", "--no-net"]);
+    assert!(g.log().contains("SEV_FEATURES 0x41"), "{}", g.log());
+}
+
+#[test]
+fn a_guest_not_at_vmpl0_terminates() {
+    if !snp_only("vmpl") {
+        return;
+    }
+    let (status, log) = run_to_exit(&["--snp-fault", "vmpl1", "--no-net"]);
+    assert_terminated(status, &log, SET_VELLUM, 0x03);
+}
+
+// ------------------------------------------------------------------ lies at boot
+
+#[test]
+fn a_cpuid_answer_that_differs_from_the_cpuid_page_terminates() {
+    if !snp_only("cpuid-lie") {
+        return;
+    }
+    let (status, log) = run_to_exit(&["--snp-fault", "cpuid-lie", "--no-net"]);
+    assert!(log.contains("snp-emu: fault injected: CPUID"), "{log}");
+    assert_terminated(status, &log, SET_VELLUM, 0x12);
+}
+
+#[test]
+fn a_ghcb_error_on_ioio_terminates() {
+    if !snp_only("ioio-error") {
+        return;
+    }
+    // The first IOIO through the GHCB, and one in the running kernel (the
+    // 2000th: past boot, while the kernel initialises).
+    for fault in ["ioio-error", "ioio-error@2000"] {
+        let (status, log) = run_to_exit(&["--snp-fault", fault, "--no-net"]);
+        assert!(log.contains("snp-emu: fault injected: IOIO"), "{log}");
+        assert_terminated(status, &log, SET_VELLUM, 0x10);
+    }
+}
+
+#[test]
+fn a_psc_that_changed_nothing_stops_at_pvalidate() {
+    if !snp_only("psc-noop") {
+        return;
+    }
+    // The host says the pages are private but left them hypervisor-owned:
+    // the guest's PVALIDATE is an RMP #NPF on hardware, which the host
+    // cannot repair; nothing of the guest ever ran on those pages.
+    let (status, log) = run_to_exit(&["--snp-fault", "psc-noop", "--no-net"]);
+    assert!(log.contains("snp-emu: fault injected: PSC"), "{log}");
+    assert_eq!(status, SNP_EXIT_FATAL, "{log}");
+    assert!(
+        log.contains("RMP violation: PVALIDATE of a hypervisor-owned page"),
+        "{log}"
+    );
+    assert!(!log.contains("vellum ready"), "{log}");
+}
+
+// ------------------------------------------------------------------ lies while serving
+
+#[test]
+fn a_page_turned_shared_behind_the_guests_back_terminates() {
+    if !snp_only("page-shared") {
+        return;
+    }
+    let g = Guest::boot_with(&["--snp-fault", "page-shared"]);
+    // The lie is told at the first guest request: ask for a report.
+    let _ = curl(&[
+        "-k",
+        "-sS",
+        "-m",
+        "20",
+        &format!("https://127.0.0.1:{}/attestation?nonce=01", g.https),
+    ]);
+    let status = g.wait_exit(Duration::from_secs(60)).expect("QEMU exits");
+    let log = g.log();
+    assert!(log.contains("no longer validated"), "{log}");
+    assert_terminated(status, &log, SET_VELLUM, 0x17);
+}
+
+#[test]
+fn a_spurious_vc_terminates() {
+    if !snp_only("spurious-vc") {
+        return;
+    }
+    let g = Guest::boot_with(&["--snp-fault", "spurious-vc"]);
+    let _ = curl(&[
+        "-k",
+        "-sS",
+        "-m",
+        "20",
+        &format!("https://127.0.0.1:{}/attestation?nonce=01", g.https),
+    ]);
+    let status = g.wait_exit(Duration::from_secs(60)).expect("QEMU exits");
+    let log = g.log();
+    assert!(
+        log.contains("snp-emu: fault injected: spurious #VC"),
+        "{log}"
+    );
+    assert_terminated(status, &log, SET_VELLUM, 0x11);
+}
+
+#[test]
+fn a_replayed_guest_request_response_is_refused() {
+    if !snp_only("guest-req-replay") {
+        return;
+    }
+    let g = Guest::boot_with(&["--snp-fault", "guest-req-replay"]);
+    let (code, body) = attestation(&g);
+    assert_eq!(code, 200, "the first request is answered honestly: {body}");
+    // The second gets the first one's response again (an old sequence number).
+    let (code, body) = attestation(&g);
+    assert_eq!(code, 503, "{body}\n{}", g.log());
+    g.wait_for(
+        "fault injected: guest request answered with an earlier response",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_key_burnt(&g);
+    assert_still_serving(&g);
+}
+
+#[test]
+fn an_altered_guest_request_response_is_refused() {
+    if !snp_only("guest-req-alter") {
+        return;
+    }
+    let g = Guest::boot_with(&["--snp-fault", "guest-req-alter"]);
+    let (code, body) = attestation(&g);
+    assert_eq!(code, 503, "{body}\n{}", g.log());
+    g.wait_for(
+        "fault injected: guest request response altered",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_key_burnt(&g);
+    assert_still_serving(&g);
+}
+
+#[test]
+fn a_report_with_other_report_data_is_refused() {
+    if !snp_only("report-data") {
+        return;
+    }
+    let g = Guest::boot_with(&["--snp-fault", "report-data"]);
+    let (code, body) = attestation(&g);
+    assert_eq!(code, 503, "{body}\n{}", g.log());
+    assert!(
+        !body.contains("\"report\""),
+        "no report may be served: {body}"
+    );
+    g.wait_for(
+        "fault injected: the report carries other REPORT_DATA",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_key_burnt(&g);
+    assert_still_serving(&g);
+}
+
+#[test]
+fn endless_busy_is_refused_after_a_bound() {
+    if !snp_only("busy-forever") {
+        return;
+    }
+    let g = Guest::boot_with(&["--snp-fault", "busy-forever"]);
+    let (code, body) = attestation(&g);
+    assert_eq!(code, 503, "{body}\n{}", g.log());
+    g.wait_for(
+        "fault injected: guest request answered BUSY",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_key_burnt(&g);
+    assert_still_serving(&g);
+}
+
+// ------------------------------------------------------------------ the honest host
+
+#[test]
+fn the_honest_platform_counts_exits_and_no_vc_per_packet() {
+    if !snp_only("exits") {
+        return;
+    }
+    let g = Guest::boot();
+    let log = g.log();
+    for want in [
+        "snp-emu: emulated SEV-SNP platform: C-bit 51",
+        "snp-emu: launch digest ",
+        "pages measured and validated at launch",
+    ] {
+        assert!(log.contains(want), "{want:?}:\n{log}");
+    }
+    assert!(!log.contains("snp-emu: RMP violation"), "{log}");
+    // A burst of requests costs the exits of its transmitted batches, and no
+    // #VC at all: the data path polls shared memory.
+    let vc0 = metric(g.http, "vellum_snp_vc_total");
+    for _ in 0..20 {
+        assert_still_serving(&g);
+    }
+    let vc1 = metric(g.http, "vellum_snp_vc_total");
+    assert_eq!(vc1, vc0, "no #VC on the data path");
+}
