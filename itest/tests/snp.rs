@@ -235,15 +235,43 @@ fn a_psc_that_changed_nothing_stops_at_pvalidate() {
     assert!(!log.contains("vellum ready"), "{log}");
 }
 
-// ------------------------------------------------------------------ lies while serving
-
 #[test]
-fn a_page_turned_shared_behind_the_guests_back_terminates() {
-    if !snp_only("page-shared") {
+fn an_already_validated_page_behind_a_new_private_gpa_terminates() {
+    if !snp_only("alias") {
         return;
     }
-    let g = Guest::boot_with(&["--snp-fault", "page-shared"]);
-    // The lie is told at the first guest request: ask for a report.
+    // PVALIDATE reports "no change" (CF=1) on a page the guest never
+    // validated: the host remapped it. Validating twice is refused.
+    let (status, log) = run_to_exit(&["--snp-fault", "alias", "--no-net"]);
+    assert!(log.contains("snp-emu: fault injected: GPA"), "{log}");
+    assert_terminated(status, &log, SET_VELLUM, 0x02);
+    assert!(!log.contains("vellum ready"), "{log}");
+}
+
+#[test]
+fn four_kib_rmp_entries_make_the_guest_fall_back_and_serve() {
+    if !snp_only("rmp-4k") {
+        return;
+    }
+    // The host may back a 2 MiB request with 4 KiB RMP entries: the 2 MiB
+    // PVALIDATEs fail with FAIL_SIZEMISMATCH and the guest validates 4 KiB.
+    let g = Guest::boot_with(&["--snp-fault", "rmp-4k"]);
+    let log = g.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("2M->4K fallbacks"))
+        .unwrap_or_else(|| panic!("no validation summary:\n{log}"));
+    assert!(line.contains("0 x 2M"), "{line}");
+    assert!(!line.contains(" 0 2M->4K fallbacks"), "{line}");
+    assert_still_serving(&g);
+}
+
+// ------------------------------------------------------------------ lies while serving
+
+/// Boots with `fault`, which the platform tells at the first guest request,
+/// asks for a report and waits for QEMU to exit: the status and the log.
+fn lie_at_guest_request(fault: &str) -> (i32, String) {
+    let g = Guest::boot_with(&["--snp-fault", fault]);
     let _ = curl(&[
         "-k",
         "-sS",
@@ -252,76 +280,39 @@ fn a_page_turned_shared_behind_the_guests_back_terminates() {
         &format!("https://127.0.0.1:{}/attestation?nonce=01", g.https),
     ]);
     let status = g.wait_exit(Duration::from_secs(60)).expect("QEMU exits");
-    let log = g.log();
-    assert!(log.contains("no longer validated"), "{log}");
-    assert_terminated(status, &log, SET_VELLUM, 0x17);
+    (status, g.log())
+}
+
+#[test]
+fn a_page_turned_shared_behind_the_guests_back_terminates() {
+    if snp_only("page-shared") {
+        let (status, log) = lie_at_guest_request("page-shared");
+        assert!(log.contains("no longer validated"), "{log}");
+        assert_terminated(status, &log, SET_VELLUM, 0x17);
+    }
 }
 
 #[test]
 fn a_spurious_vc_terminates() {
-    if !snp_only("spurious-vc") {
-        return;
+    if snp_only("spurious-vc") {
+        let (status, log) = lie_at_guest_request("spurious-vc");
+        assert!(
+            log.contains("snp-emu: fault injected: spurious #VC"),
+            "{log}"
+        );
+        assert_terminated(status, &log, SET_VELLUM, 0x11);
     }
-    let g = Guest::boot_with(&["--snp-fault", "spurious-vc"]);
-    let _ = curl(&[
-        "-k",
-        "-sS",
-        "-m",
-        "20",
-        &format!("https://127.0.0.1:{}/attestation?nonce=01", g.https),
-    ]);
-    let status = g.wait_exit(Duration::from_secs(60)).expect("QEMU exits");
-    let log = g.log();
-    assert!(
-        log.contains("snp-emu: fault injected: spurious #VC"),
-        "{log}"
-    );
-    assert_terminated(status, &log, SET_VELLUM, 0x11);
 }
 
-#[test]
-fn a_replayed_guest_request_response_is_refused() {
-    if !snp_only("guest-req-replay") {
-        return;
+/// A lie about a guest request: the request is refused with 503, nothing of
+/// the report is served, the platform says it lied, VMPCK0 is burnt and the
+/// guest keeps serving. `honest_first` requests are answered before the lie.
+fn assert_request_lie_refused(fault: &str, injected: &str, honest_first: usize) {
+    let g = Guest::boot_with(&["--snp-fault", fault]);
+    for _ in 0..honest_first {
+        let (code, body) = attestation(&g);
+        assert_eq!(code, 200, "answered honestly before the lie: {body}");
     }
-    let g = Guest::boot_with(&["--snp-fault", "guest-req-replay"]);
-    let (code, body) = attestation(&g);
-    assert_eq!(code, 200, "the first request is answered honestly: {body}");
-    // The second gets the first one's response again (an old sequence number).
-    let (code, body) = attestation(&g);
-    assert_eq!(code, 503, "{body}\n{}", g.log());
-    g.wait_for(
-        "fault injected: guest request answered with an earlier response",
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_key_burnt(&g);
-    assert_still_serving(&g);
-}
-
-#[test]
-fn an_altered_guest_request_response_is_refused() {
-    if !snp_only("guest-req-alter") {
-        return;
-    }
-    let g = Guest::boot_with(&["--snp-fault", "guest-req-alter"]);
-    let (code, body) = attestation(&g);
-    assert_eq!(code, 503, "{body}\n{}", g.log());
-    g.wait_for(
-        "fault injected: guest request response altered",
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_key_burnt(&g);
-    assert_still_serving(&g);
-}
-
-#[test]
-fn a_report_with_other_report_data_is_refused() {
-    if !snp_only("report-data") {
-        return;
-    }
-    let g = Guest::boot_with(&["--snp-fault", "report-data"]);
     let (code, body) = attestation(&g);
     assert_eq!(code, 503, "{body}\n{}", g.log());
     assert!(
@@ -329,7 +320,7 @@ fn a_report_with_other_report_data_is_refused() {
         "no report may be served: {body}"
     );
     g.wait_for(
-        "fault injected: the report carries other REPORT_DATA",
+        &format!("fault injected: {injected}"),
         Duration::from_secs(10),
     )
     .unwrap();
@@ -338,20 +329,36 @@ fn a_report_with_other_report_data_is_refused() {
 }
 
 #[test]
-fn endless_busy_is_refused_after_a_bound() {
-    if !snp_only("busy-forever") {
-        return;
+fn a_replayed_guest_request_response_is_refused() {
+    if snp_only("guest-req-replay") {
+        // The second request gets the first one's response (an old sequence number).
+        assert_request_lie_refused(
+            "guest-req-replay",
+            "guest request answered with an earlier response",
+            1,
+        );
     }
-    let g = Guest::boot_with(&["--snp-fault", "busy-forever"]);
-    let (code, body) = attestation(&g);
-    assert_eq!(code, 503, "{body}\n{}", g.log());
-    g.wait_for(
-        "fault injected: guest request answered BUSY",
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_key_burnt(&g);
-    assert_still_serving(&g);
+}
+
+#[test]
+fn an_altered_guest_request_response_is_refused() {
+    if snp_only("guest-req-alter") {
+        assert_request_lie_refused("guest-req-alter", "guest request response altered", 0);
+    }
+}
+
+#[test]
+fn a_report_with_other_report_data_is_refused() {
+    if snp_only("report-data") {
+        assert_request_lie_refused("report-data", "the report carries other REPORT_DATA", 0);
+    }
+}
+
+#[test]
+fn endless_busy_is_refused_after_a_bound() {
+    if snp_only("busy-forever") {
+        assert_request_lie_refused("busy-forever", "guest request answered BUSY", 0);
+    }
 }
 
 // ------------------------------------------------------------------ the honest host

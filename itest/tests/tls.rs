@@ -252,6 +252,51 @@ fn attestation_answers_as_the_platform_allows() {
         String::from_utf8_lossy(&out.stderr),
         g.log()
     );
+    // The same guest against a wrong expected measurement: refused, and the
+    // measurement is what is named (a flipped last digit of the real one).
+    let mut wrong = said
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ok    measurement  MEASUREMENT "))
+        .expect("image verify names the measurement")
+        .trim()
+        .to_string();
+    let last = if wrong.ends_with('0') { "1" } else { "0" };
+    wrong.replace_range(wrong.len() - 1.., last);
+    let mut refused = None;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(1100));
+        let out = Command::new("cargo")
+            .current_dir(vellum_itest::root())
+            .args(["run", "-q", "-p", "vellum-image", "--", "verify"])
+            .args([
+                "--url",
+                &base,
+                "--measurement",
+                &wrong,
+                "--certs",
+                &certs_arg,
+            ])
+            .args(["--trust-ark", &ark_sha])
+            .output()
+            .expect("cargo run -p vellum-image -- verify");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        if err.contains("rate-limiting") {
+            continue;
+        }
+        refused = Some((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            err,
+        ));
+        break;
+    }
+    let (ok, said, err) = refused.expect("the guest kept rate-limiting image verify");
+    assert!(!ok, "a wrong measurement must fail:\n{said}{err}");
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("measurement")),
+        "{said}{err}"
+    );
     let _ = std::fs::remove_dir_all(&certs);
 }
 

@@ -108,39 +108,11 @@ struct SnpChip {
 
 /* ---------------------------------------------------------------- helpers */
 
-static void put_le16(uint8_t *p, uint16_t v)
-{
-    p[0] = v;
-    p[1] = v >> 8;
-}
 
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    put_le16(p, v);
-    put_le16(p + 2, v >> 16);
-}
 
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    put_le32(p, v);
-    put_le32(p + 4, v >> 32);
-}
 
-static uint16_t get_le16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
 
-static uint32_t get_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
 
-static uint64_t get_le64(const uint8_t *p)
-{
-    return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
-}
 
 #define SNP_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
@@ -961,7 +933,7 @@ static const char *msg_type_name(unsigned type)
 static void gcm_iv(uint64_t seqno, uint8_t iv[IV_LEN])
 {
     memset(iv, 0, IV_LEN);
-    put_le64(iv, seqno);
+    snp_put_le64(iv, seqno);
 }
 
 /*
@@ -1070,10 +1042,10 @@ static bool build_report(const SnpChip *chip, const SnpGuestInfo *guest,
     uint32_t flags = FLAG_SIGNING_KEY_VCEK;
 
     memset(r, 0, REPORT_SIZE);
-    put_le32(r + R_VERSION, REPORT_VERSION);
-    put_le64(r + R_POLICY, guest->policy);
+    snp_put_le32(r + R_VERSION, REPORT_VERSION);
+    snp_put_le64(r + R_POLICY, guest->policy);
     if (id->present) {
-        put_le32(r + R_GUEST_SVN, id->guest_svn);
+        snp_put_le32(r + R_GUEST_SVN, id->guest_svn);
         memcpy(r + R_FAMILY_ID, id->family_id, 16);
         memcpy(r + R_IMAGE_ID, id->image_id, 16);
         memcpy(r + R_ID_KEY_DIGEST, id->id_key_digest, 48);
@@ -1082,11 +1054,11 @@ static bool build_report(const SnpChip *chip, const SnpGuestInfo *guest,
             memcpy(r + R_AUTHOR_KEY_DIGEST, id->author_key_digest, 48);
         }
     }
-    put_le32(r + R_VMPL, vmpl);
-    put_le32(r + R_SIG_ALGO, SIG_ALGO_ECDSA_P384_SHA384);
-    put_le64(r + R_CURRENT_TCB, chip->tcb);
-    put_le64(r + R_PLATFORM_INFO, SNP_EMU_PLATFORM_INFO);
-    put_le32(r + R_FLAGS, flags);
+    snp_put_le32(r + R_VMPL, vmpl);
+    snp_put_le32(r + R_SIG_ALGO, SIG_ALGO_ECDSA_P384_SHA384);
+    snp_put_le64(r + R_CURRENT_TCB, chip->tcb);
+    snp_put_le64(r + R_PLATFORM_INFO, SNP_EMU_PLATFORM_INFO);
+    snp_put_le32(r + R_FLAGS, flags);
     memcpy(r + R_REPORT_DATA, report_data, 64);
     if (faults && faults->other_report_data) {
         /* A lie only a broken firmware tells: not the requested data. */
@@ -1100,18 +1072,18 @@ static bool build_report(const SnpChip *chip, const SnpGuestInfo *guest,
     }
     /* No migration agent: REPORT_ID_MA is all ones. */
     memset(r + R_REPORT_ID_MA, 0xff, 32);
-    put_le64(r + R_REPORTED_TCB, chip->tcb);
+    snp_put_le64(r + R_REPORTED_TCB, chip->tcb);
     cpuid_fms_split(guest->cpuid_fms, &r[R_CPUID_FAM_ID], &r[R_CPUID_MOD_ID],
                     &r[R_CPUID_STEP]);
     memcpy(r + R_CHIP_ID, chip->chip_id, CHIP_ID_LEN);
-    put_le64(r + R_COMMITTED_TCB, chip->tcb);
+    snp_put_le64(r + R_COMMITTED_TCB, chip->tcb);
     r[R_CURRENT_BUILD] = SNP_EMU_FW_BUILD;
     r[R_CURRENT_MINOR] = SNP_EMU_FW_MINOR;
     r[R_CURRENT_MAJOR] = SNP_EMU_FW_MAJOR;
     r[R_COMMITTED_BUILD] = SNP_EMU_FW_BUILD;
     r[R_COMMITTED_MINOR] = SNP_EMU_FW_MINOR;
     r[R_COMMITTED_MAJOR] = SNP_EMU_FW_MAJOR;
-    put_le64(r + R_LAUNCH_TCB, chip->tcb);
+    snp_put_le64(r + R_LAUNCH_TCB, chip->tcb);
     return sign_report(chip->vcek, r);
 }
 
@@ -1126,8 +1098,8 @@ static bool answer_report(const SnpChip *chip, const SnpGuestInfo *guest,
                           uint8_t rsp[REPORT_RSP_SIZE], char *note,
                           size_t notelen)
 {
-    uint32_t vmpl = get_le32(req + RQ_VMPL);
-    uint32_t key_sel = get_le32(req + RQ_KEY_SEL) & 3;
+    uint32_t vmpl = snp_get_le32(req + RQ_VMPL);
+    uint32_t key_sel = snp_get_le32(req + RQ_KEY_SEL) & 3;
 
     memset(rsp, 0, REPORT_RSP_SIZE);
     /*
@@ -1135,13 +1107,13 @@ static bool answer_report(const SnpChip *chip, const SnpGuestInfo *guest,
      * so every VMPL 0..3 is at or above it and may be requested.
      */
     if (vmpl > 3) {
-        put_le32(rsp + RSP_STATUS, SNP_FW_INVALID_PARAM);
+        snp_put_le32(rsp + RSP_STATUS, SNP_FW_INVALID_PARAM);
         say(note, notelen, "VMPL %u requested (0..3 exist): answered with "
             "status INVALID_PARAM and no report", vmpl);
         return true;
     }
     if (key_sel >= 2) {
-        put_le32(rsp + RSP_STATUS, SNP_FW_INVALID_PARAM);
+        snp_put_le32(rsp + RSP_STATUS, SNP_FW_INVALID_PARAM);
         say(note, notelen, "KEY_SEL %u requested (%s): answered with status "
             "INVALID_PARAM and no report", key_sel,
             key_sel == 2 ? "no VLEK is installed" : "reserved");
@@ -1151,8 +1123,8 @@ static bool answer_report(const SnpChip *chip, const SnpGuestInfo *guest,
                       rsp + RSP_REPORT)) {
         return false;
     }
-    put_le32(rsp + RSP_STATUS, SNP_FW_SUCCESS);
-    put_le32(rsp + RSP_REPORT_SIZE, REPORT_SIZE);
+    snp_put_le32(rsp + RSP_STATUS, SNP_FW_SUCCESS);
+    snp_put_le32(rsp + RSP_REPORT_SIZE, REPORT_SIZE);
     say(note, notelen, "report for VMPL %u%s", vmpl,
         faults && faults->other_report_data ?
         " (fault: other REPORT_DATA signed)" : "");
@@ -1193,8 +1165,8 @@ uint32_t snp_guest_request(const SnpChip *chip, SnpGuestInfo *guest,
     uint8_t out[SNP_PAGE_SIZE], rsp[REPORT_RSP_SIZE];
     unsigned type = req[H_MSG_TYPE], version = req[H_MSG_VERSION];
     unsigned vmpck = req[H_MSG_VMPCK];
-    size_t size = get_le16(req + H_MSG_SIZE);
-    uint64_t seqno = get_le64(req + H_SEQNO), expected;
+    size_t size = snp_get_le16(req + H_MSG_SIZE);
+    uint64_t seqno = snp_get_le64(req + H_SEQNO), expected;
     char note[160] = "";
     uint32_t rc = SNP_FW_INVALID_PARAM;
 
@@ -1204,10 +1176,10 @@ uint32_t snp_guest_request(const SnpChip *chip, SnpGuestInfo *guest,
             "(1 = AES-256-GCM)", req[H_ALGO]);
         return SNP_FW_INVALID_PARAM;
     }
-    if (req[H_HDR_VERSION] != 1 || get_le16(req + H_HDR_SIZE) != HDR_SIZE) {
+    if (req[H_HDR_VERSION] != 1 || snp_get_le16(req + H_HDR_SIZE) != HDR_SIZE) {
         say(log, loglen, "guest message: header version %u, size 0x%x "
             "(version 1, size 0x60 expected)", req[H_HDR_VERSION],
-            get_le16(req + H_HDR_SIZE));
+            snp_get_le16(req + H_HDR_SIZE));
         return SNP_FW_INVALID_PARAM;
     }
     if (vmpck > 3) {
@@ -1270,13 +1242,13 @@ uint32_t snp_guest_request(const SnpChip *chip, SnpGuestInfo *guest,
 
     /* The response: same VMPCK and version, type + 1, sequence + 1. */
     memset(out, 0, sizeof(out));
-    put_le64(out + H_SEQNO, seqno + 1);
+    snp_put_le64(out + H_SEQNO, seqno + 1);
     out[H_ALGO] = ALGO_AES_256_GCM;
     out[H_HDR_VERSION] = 1;
-    put_le16(out + H_HDR_SIZE, HDR_SIZE);
+    snp_put_le16(out + H_HDR_SIZE, HDR_SIZE);
     out[H_MSG_TYPE] = MSG_REPORT_RSP;
     out[H_MSG_VERSION] = version;
-    put_le16(out + H_MSG_SIZE, REPORT_RSP_SIZE);
+    snp_put_le16(out + H_MSG_SIZE, REPORT_RSP_SIZE);
     out[H_MSG_VMPCK] = vmpck;
     if (!gcm(true, key, seqno + 1, out + H_AAD, rsp, REPORT_RSP_SIZE,
              out + HDR_SIZE, out + H_TAG)) {

@@ -38,34 +38,10 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static void put_le16(uint8_t *p, uint16_t v)
-{
-    p[0] = v;
-    p[1] = v >> 8;
-}
 
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    put_le16(p, v);
-    put_le16(p + 2, v >> 16);
-}
 
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    put_le32(p, v);
-    put_le32(p + 4, v >> 32);
-}
 
-static uint32_t get_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
 
-static uint64_t get_le64(const uint8_t *p)
-{
-    return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
-}
 
 static bool all_zero(const uint8_t *p, size_t len)
 {
@@ -173,10 +149,10 @@ int snp_ld_update(SnpLaunchDigest *d, uint64_t gpa, int page_type,
     }
 
     memcpy(info + PI_DIGEST_CUR, d->ld, SNP_DIGEST_LEN);
-    put_le16(info + PI_LENGTH, PI_LEN);
+    snp_put_le16(info + PI_LENGTH, PI_LEN);
     info[PI_PAGE_TYPE] = page_type;
     /* IMI_PAGE, VMPL3/2/1_PERMS and the reserved byte stay zero. */
-    put_le64(info + PI_GPA, gpa);
+    snp_put_le64(info + PI_GPA, gpa);
 
     if (sha384(info, sizeof(info), next) < 0) {
         return -1;
@@ -226,10 +202,10 @@ int snp_ld_update(SnpLaunchDigest *d, uint64_t gpa, int page_type,
 
 static void put_seg(uint8_t *page, size_t off, const SnpVmsaSeg *seg)
 {
-    put_le16(page + off + 0x0, seg->selector);
-    put_le16(page + off + 0x2, seg->attrib);
-    put_le32(page + off + 0x4, seg->limit);
-    put_le64(page + off + 0x8, seg->base);
+    snp_put_le16(page + off + 0x0, seg->selector);
+    snp_put_le16(page + off + 0x2, seg->attrib);
+    snp_put_le32(page + off + 0x4, seg->limit);
+    snp_put_le64(page + off + 0x8, seg->base);
 }
 
 void snp_vmsa_build(const SnpVmsaState *s, uint8_t page[SNP_PAGE_SIZE])
@@ -251,28 +227,28 @@ void snp_vmsa_build(const SnpVmsaState *s, uint8_t page[SNP_PAGE_SIZE])
     page[VMSA_VMPL] = 0;
     page[VMSA_CPL] = 0;
 
-    put_le64(page + VMSA_EFER, s->efer);
-    put_le64(page + VMSA_XSS, s->xss);
-    put_le64(page + VMSA_CR4, s->cr4);
-    put_le64(page + VMSA_CR3, s->cr3);
-    put_le64(page + VMSA_CR0, s->cr0);
-    put_le64(page + VMSA_DR7, s->dr7);
-    put_le64(page + VMSA_DR6, s->dr6);
-    put_le64(page + VMSA_RFLAGS, s->rflags);
-    put_le64(page + VMSA_RIP, s->rip);
-    put_le64(page + VMSA_RSP, s->rsp);
-    put_le64(page + VMSA_RAX, s->rax);
-    put_le64(page + VMSA_G_PAT, s->g_pat);
-    put_le64(page + VMSA_RCX, s->rcx);
-    put_le64(page + VMSA_RDX, s->rdx);
-    put_le64(page + VMSA_RBX, s->rbx);
-    put_le64(page + VMSA_RBP, s->rbp);
-    put_le64(page + VMSA_RSI, s->rsi);
-    put_le64(page + VMSA_RDI, s->rdi);
-    put_le64(page + VMSA_SEV_FEATURES, s->sev_features);
-    put_le64(page + VMSA_XCR0, s->xcr0);
-    put_le32(page + VMSA_MXCSR, s->mxcsr);
-    put_le16(page + VMSA_X87_FCW, s->x87_fcw);
+    snp_put_le64(page + VMSA_EFER, s->efer);
+    snp_put_le64(page + VMSA_XSS, s->xss);
+    snp_put_le64(page + VMSA_CR4, s->cr4);
+    snp_put_le64(page + VMSA_CR3, s->cr3);
+    snp_put_le64(page + VMSA_CR0, s->cr0);
+    snp_put_le64(page + VMSA_DR7, s->dr7);
+    snp_put_le64(page + VMSA_DR6, s->dr6);
+    snp_put_le64(page + VMSA_RFLAGS, s->rflags);
+    snp_put_le64(page + VMSA_RIP, s->rip);
+    snp_put_le64(page + VMSA_RSP, s->rsp);
+    snp_put_le64(page + VMSA_RAX, s->rax);
+    snp_put_le64(page + VMSA_G_PAT, s->g_pat);
+    snp_put_le64(page + VMSA_RCX, s->rcx);
+    snp_put_le64(page + VMSA_RDX, s->rdx);
+    snp_put_le64(page + VMSA_RBX, s->rbx);
+    snp_put_le64(page + VMSA_RBP, s->rbp);
+    snp_put_le64(page + VMSA_RSI, s->rsi);
+    snp_put_le64(page + VMSA_RDI, s->rdi);
+    snp_put_le64(page + VMSA_SEV_FEATURES, s->sev_features);
+    snp_put_le64(page + VMSA_XCR0, s->xcr0);
+    snp_put_le32(page + VMSA_MXCSR, s->mxcsr);
+    snp_put_le16(page + VMSA_X87_FCW, s->x87_fcw);
 }
 
 /* ---------------------------------------------------------------- ID block */
@@ -337,7 +313,7 @@ static EVP_PKEY *snp_pubkey(const uint8_t *key)
     EVP_PKEY_CTX *check = NULL;
     EVP_PKEY *pkey = NULL;
 
-    if (get_le32(key + KEY_CURVE) != SNP_CURVE_P384) {
+    if (snp_get_le32(key + KEY_CURVE) != SNP_CURVE_P384) {
         return NULL;
     }
     /* SEC 1 uncompressed point: 0x04 | X | Y, big-endian. */
@@ -462,14 +438,14 @@ int snp_id_check(const uint8_t *id_block, size_t id_block_len,
     memcpy(auth, id_auth, id_auth_len);
 
     /* 56860 §8.18 "ID Block": VERSION must be 1. */
-    u = get_le32(id_block + IDB_VERSION);
+    u = snp_get_le32(id_block + IDB_VERSION);
     if (u != IDB_VERSION_1) {
         FAIL("the ID block's VERSION is %u, not 1: rebuild it with "
              "`image id-block`", u);
     }
 
     /* The ID key and its signature over the 96-byte ID block. */
-    u = get_le32(auth + IDA_ID_KEY_ALGO);
+    u = snp_get_le32(auth + IDA_ID_KEY_ALGO);
     if (u != SNP_ALGO_ECDSA_P384_SHA384) {
         FAIL("the ID auth's ID_KEY_ALGO is %u; only 1 (ECDSA P-384 with "
              "SHA-384) is supported: rebuild it with `image id-block`", u);
@@ -478,7 +454,7 @@ int snp_id_check(const uint8_t *id_block, size_t id_block_len,
     if (!id_key) {
         FAIL("the ID auth's ID key is not a valid P-384 public key (curve "
              "%u, 2 expected): rebuild it with `image id-block --id-key PEM`",
-             get_le32(auth + IDA_ID_KEY + KEY_CURVE));
+             snp_get_le32(auth + IDA_ID_KEY + KEY_CURVE));
     }
     if (!snp_verify(id_key, id_block, IDB_LEN, auth + IDA_ID_BLOCK_SIG)) {
         FAIL("the ID block's signature does not verify with the ID key in "
@@ -492,7 +468,7 @@ int snp_id_check(const uint8_t *id_block, size_t id_block_len,
 
     /* With author-key-enabled, the author key's signature over the ID key. */
     if (author_key_en) {
-        u = get_le32(auth + IDA_AUTH_KEY_ALGO);
+        u = snp_get_le32(auth + IDA_AUTH_KEY_ALGO);
         if (u != SNP_ALGO_ECDSA_P384_SHA384) {
             FAIL("author-key-enabled=on but the ID auth's AUTH_KEY_ALGO is "
                  "%u, not 1 (ECDSA P-384 with SHA-384): sign with `image "
@@ -524,7 +500,7 @@ int snp_id_check(const uint8_t *id_block, size_t id_block_len,
              "measurement: re-sign it with `image id-block` for this image, "
              "-smp and -cpu (ID block %s, launch %s)", want, got);
     }
-    block_policy = get_le64(id_block + IDB_POLICY);
+    block_policy = snp_get_le64(id_block + IDB_POLICY);
     if (block_policy != policy) {
         FAIL("the ID block's policy 0x%llx differs from the launch policy "
              "0x%llx: re-sign with `image id-block --policy 0x%llx`, or "
@@ -537,7 +513,7 @@ int snp_id_check(const uint8_t *id_block, size_t id_block_len,
         out->present = true;
         memcpy(out->family_id, id_block + IDB_FAMILY_ID, 16);
         memcpy(out->image_id, id_block + IDB_IMAGE_ID, 16);
-        out->guest_svn = get_le32(id_block + IDB_GUEST_SVN);
+        out->guest_svn = snp_get_le32(id_block + IDB_GUEST_SVN);
         memcpy(out->id_key_digest, id_key_digest, SNP_DIGEST_LEN);
         memcpy(out->author_key_digest, author_key_digest, SNP_DIGEST_LEN);
         out->author_key_en = author_key_en;
@@ -581,7 +557,7 @@ int snp_secrets_fill(uint8_t page[SNP_PAGE_SIZE], uint8_t vmpck[4][32])
         memset(vmpck, 0, 4 * SECRETS_VMPCK_LEN);
         return -1;
     }
-    put_le32(page + SECRETS_VERSION, SECRETS_VERSION_3);
+    snp_put_le32(page + SECRETS_VERSION, SECRETS_VERSION_3);
     for (int i = 0; i < 4; i++) {
         memcpy(vmpck[i], page + SECRETS_VMPCK0 + i * SECRETS_VMPCK_LEN,
                SECRETS_VMPCK_LEN);

@@ -18,6 +18,40 @@
 
 #define SNP_PAGE_SIZE 4096
 
+/* Little-endian fields, as every SNP structure stores them. */
+static inline void snp_put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void snp_put_le32(uint8_t *p, uint32_t v)
+{
+    snp_put_le16(p, (uint16_t)v);
+    snp_put_le16(p + 2, (uint16_t)(v >> 16));
+}
+
+static inline void snp_put_le64(uint8_t *p, uint64_t v)
+{
+    snp_put_le32(p, (uint32_t)v);
+    snp_put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
+static inline uint16_t snp_get_le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static inline uint32_t snp_get_le32(const uint8_t *p)
+{
+    return snp_get_le16(p) | ((uint32_t)snp_get_le16(p + 2) << 16);
+}
+
+static inline uint64_t snp_get_le64(const uint8_t *p)
+{
+    return snp_get_le32(p) | ((uint64_t)snp_get_le32(p + 4) << 32);
+}
+
 /* ---------------------------------------------------------------- launch */
 
 /* PAGE_INFO page types (SNP firmware ABI 56860, SNP_LAUNCH_UPDATE). */

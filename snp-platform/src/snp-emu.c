@@ -116,6 +116,8 @@ enum SnpFault {
     FAULT_REPORT_DATA,      /* a report carrying other REPORT_DATA */
     FAULT_BUSY_FOREVER,     /* endless BUSY on guest requests */
     FAULT_VMPL1,            /* the guest runs at VMPL1 (RMPADJUST says so) */
+    FAULT_RMP_4K,           /* the host makes 4 KiB RMP entries only (legal) */
+    FAULT_ALIAS,            /* a GPA turned private maps an already validated page */
 };
 
 static const struct {
@@ -133,6 +135,8 @@ static const struct {
     { "report-data", FAULT_REPORT_DATA, 0 },
     { "busy-forever", FAULT_BUSY_FOREVER, 0 },
     { "vmpl1", FAULT_VMPL1, 0 },
+    { "rmp-4k", FAULT_RMP_4K, 0 },
+    { "alias", FAULT_ALIAS, 0 },
 };
 
 #define SNP_MAX_VCPUS 64
@@ -602,7 +606,18 @@ static uint64_t snp_psc_ghcb(uint8_t *buf, uint32_t len)
             return 2;      /* invalid entry */
         }
         while (cur_page < npages && done < SNP_PSC_PAGES_PER_EXIT) {
-            snp_rmp_update(gpa + cur_page * 0x1000ULL, op, huge);
+            hwaddr page = gpa + cur_page * 0x1000ULL;
+
+            /* the host chooses the RMP page size: the 2 MiB flag is a hint */
+            snp_rmp_update(page, op, huge && snp.fault != FAULT_RMP_4K);
+            if (op == 1 && snp_fault_fires(FAULT_ALIAS)) {
+                /* as if the host had mapped a page the guest validated
+                 * before at this GPA: PVALIDATE will find it validated */
+                snp.rmp[page >> 12] |= RMP_VALIDATED;
+                snp.fault_done = true;
+                fprintf(stderr, "snp-emu: fault injected: GPA 0x%" HWADDR_PRIx
+                        " made private with an already validated page\n", page);
+            }
             cur_page++;
             done++;
         }
@@ -1395,7 +1410,7 @@ static void snp_parse_fault(const char *spec)
     }
     error_report("snp-emu: unknown fault '%s'; known: cpuid-lie, ioio-error, "
                  "psc-noop, page-shared, spurious-vc, guest-req-replay, "
-                 "guest-req-alter, report-data, busy-forever, vmpl1 (NAME[@N]: lie "
+                 "guest-req-alter, report-data, busy-forever, vmpl1, rmp-4k, alias (NAME[@N]: lie "
                  "on the N-th event of that kind, counting from 0)", spec);
     exit(1);
 }

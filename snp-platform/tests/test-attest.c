@@ -34,61 +34,19 @@
 #include <openssl/x509v3.h>
 
 #include "snp-emu-pure.h"
+#include "test-common.h"
 
-static int passed, failed;
 
 #define TEST_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
-static void TEST_PRINTF(2, 3) check(bool ok, const char *fmt, ...)
-{
-    va_list ap;
-
-    printf("%s ", ok ? "  ok  " : "  FAIL");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    if (ok) {
-        passed++;
-    } else {
-        failed++;
-    }
-}
 
 /* ---------------------------------------------------------------- utilities */
 
-static uint16_t le16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
 
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)le16(p) | (uint32_t)le16(p + 2) << 16;
-}
 
-static uint64_t le64(const uint8_t *p)
-{
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
 
-static void set_le16(uint8_t *p, uint16_t v)
-{
-    p[0] = v;
-    p[1] = v >> 8;
-}
 
-static void set_le32(uint8_t *p, uint32_t v)
-{
-    set_le16(p, v);
-    set_le16(p + 2, v >> 16);
-}
 
-static void set_le64(uint8_t *p, uint64_t v)
-{
-    set_le32(p, v);
-    set_le32(p + 4, v >> 32);
-}
 
 static bool is_zero(const uint8_t *p, size_t len)
 {
@@ -244,7 +202,7 @@ static bool gcm(bool enc, const uint8_t key[32], uint64_t seqno,
     int n = 0, fin = 0;
     bool ok;
 
-    set_le64(iv, seqno);
+    snp_put_le64(iv, seqno);
     ok = c && EVP_CipherInit_ex2(c, EVP_aes_256_gcm(), key, iv, enc, NULL) &&
          EVP_CipherUpdate(c, NULL, &n, aad, 0x30) &&
          (len == 0 || EVP_CipherUpdate(c, out, &n, in, (int)len)) &&
@@ -261,13 +219,13 @@ static void seal(uint8_t page[SNP_PAGE_SIZE], const uint8_t key[32],
                  const uint8_t *payload, size_t len)
 {
     memset(page, 0, SNP_PAGE_SIZE);
-    set_le64(page + H_SEQNO, seqno);
+    snp_put_le64(page + H_SEQNO, seqno);
     page[H_ALGO] = 1;
     page[H_HDR_VERSION] = 1;
-    set_le16(page + H_HDR_SIZE, HDR);
+    snp_put_le16(page + H_HDR_SIZE, HDR);
     page[H_MSG_TYPE] = type;
     page[H_MSG_VERSION] = version;
-    set_le16(page + H_MSG_SIZE, (uint16_t)len);
+    snp_put_le16(page + H_MSG_SIZE, (uint16_t)len);
     page[H_MSG_VMPCK] = vmpck;
     if (!gcm(true, key, seqno, page + 0x30, payload, len, page + HDR, page)) {
         fprintf(stderr, "test-attest: AES-GCM failed\n");
@@ -281,8 +239,8 @@ static void report_req(uint8_t p[96], const uint8_t data[64], uint32_t vmpl,
 {
     memset(p, 0, 96);
     memcpy(p, data, 64);
-    set_le32(p + 64, vmpl);
-    set_le32(p + 68, key_sel);
+    snp_put_le32(p + 64, vmpl);
+    snp_put_le32(p + 68, key_sel);
 }
 
 static void seal_report(uint8_t page[SNP_PAGE_SIZE], const uint8_t key[32],
@@ -306,10 +264,10 @@ static bool open_resp(const uint8_t page[SNP_PAGE_SIZE], const uint8_t key[32],
     uint8_t tag[16];
 
     if (page[H_ALGO] != 1 || page[H_HDR_VERSION] != 1 ||
-        le16(page + H_HDR_SIZE) != HDR || page[H_MSG_TYPE] != 6 ||
+        snp_get_le16(page + H_HDR_SIZE) != HDR || page[H_MSG_TYPE] != 6 ||
         page[H_MSG_VERSION] != 1 || page[H_MSG_VMPCK] != vmpck ||
-        le64(page + H_SEQNO) != req_seqno + 1 ||
-        le16(page + H_MSG_SIZE) != RSP_LEN) {
+        snp_get_le64(page + H_SEQNO) != req_seqno + 1 ||
+        snp_get_le16(page + H_MSG_SIZE) != RSP_LEN) {
         return false;
     }
     memcpy(tag, page, 16);
@@ -395,20 +353,20 @@ static void test_report_fields(const SnpGuestInfo *g, const uint8_t *rsp,
 {
     const uint8_t *r = rsp + 0x20;
 
-    check(le32(rsp) == 0 && le32(rsp + 4) == REPORT_LEN &&
+    check(snp_get_le32(rsp) == 0 && snp_get_le32(rsp + 4) == REPORT_LEN &&
           is_zero(rsp + 8, 24),
           "MSG_REPORT_RSP: status 0, report_size 1184");
-    check(le32(r + 0x00) == 3, "report version 3");
-    check(le32(r + 0x04) == 7, "guest SVN from the ID block");
-    check(le64(r + 0x08) == 0x30000, "policy");
+    check(snp_get_le32(r + 0x00) == 3, "report version 3");
+    check(snp_get_le32(r + 0x04) == 7, "guest SVN from the ID block");
+    check(snp_get_le64(r + 0x08) == 0x30000, "policy");
     check(is_all(r + 0x10, 16, 0xf1) && is_all(r + 0x20, 16, 0x1a),
           "family ID and image ID from the ID block");
-    check(le32(r + 0x30) == vmpl, "VMPL %u as requested", vmpl);
-    check(le32(r + 0x34) == 1, "signature algorithm 1 (ECDSA P-384)");
-    check(le64(r + 0x38) == TCB_WANT, "CURRENT_TCB 0x%016" PRIx64,
-          le64(r + 0x38));
-    check(le64(r + 0x40) == 1, "PLATFORM_INFO: SMT_EN");
-    check(le32(r + 0x48) == 1,
+    check(snp_get_le32(r + 0x30) == vmpl, "VMPL %u as requested", vmpl);
+    check(snp_get_le32(r + 0x34) == 1, "signature algorithm 1 (ECDSA P-384)");
+    check(snp_get_le64(r + 0x38) == TCB_WANT, "CURRENT_TCB 0x%016" PRIx64,
+          snp_get_le64(r + 0x38));
+    check(snp_get_le64(r + 0x40) == 1, "PLATFORM_INFO: SMT_EN");
+    check(snp_get_le32(r + 0x48) == 1,
           "flags: AUTHOR_KEY_EN, MASK_CHIP_ID clear, SIGNING_KEY 0 (VCEK)");
     check(memcmp(r + 0x50, data, 64) == 0, "REPORT_DATA as requested");
     check(memcmp(r + 0x90, g->measurement, 48) == 0 &&
@@ -418,12 +376,12 @@ static void test_report_fields(const SnpGuestInfo *g, const uint8_t *rsp,
           "ID_KEY_DIGEST and AUTHOR_KEY_DIGEST");
     check(!is_zero(r + 0x140, 32) && is_all(r + 0x160, 32, 0xff),
           "REPORT_ID set, REPORT_ID_MA all ones (no migration agent)");
-    check(le64(r + 0x180) == TCB_WANT, "REPORTED_TCB = snp_chip_tcb");
+    check(snp_get_le64(r + 0x180) == TCB_WANT, "REPORTED_TCB = snp_chip_tcb");
     check(r[0x188] == 0x19 && r[0x189] == 0x01 && r[0x18A] == 1,
           "CPUID family 19h, model 1, stepping 1 (from 0x%08x)",
           g->cpuid_fms);
     check(!is_zero(r + 0x1A0, 64), "CHIP_ID set");
-    check(le64(r + 0x1E0) == TCB_WANT && le64(r + 0x1F0) == TCB_WANT,
+    check(snp_get_le64(r + 0x1E0) == TCB_WANT && snp_get_le64(r + 0x1F0) == TCB_WANT,
           "COMMITTED_TCB and LAUNCH_TCB");
     check(r[0x1EA] == 1 && r[0x1E9] == 55 && r[0x1E8] == 21 &&
           memcmp(r + 0x1E8, r + 0x1EC, 3) == 0,
@@ -517,13 +475,13 @@ static void test_requests(void)
     req[H_HDR_VERSION] = 2;
     refused(chip, &g, req, SNP_FW_INVALID_PARAM, "header version 2");
     memcpy(req, first, sizeof(req));
-    set_le16(req + H_HDR_SIZE, 0x50);
+    snp_put_le16(req + H_HDR_SIZE, 0x50);
     refused(chip, &g, req, SNP_FW_INVALID_PARAM, "header size 0x50");
     memcpy(req, first, sizeof(req));
     req[H_MSG_VMPCK] = 4;
     refused(chip, &g, req, SNP_FW_INVALID_PARAM, "VMPCK4");
     memcpy(req, first, sizeof(req));
-    set_le16(req + H_MSG_SIZE, SNP_PAGE_SIZE - HDR + 1);
+    snp_put_le16(req + H_MSG_SIZE, SNP_PAGE_SIZE - HDR + 1);
     refused(chip, &g, req, SNP_FW_INVALID_PARAM,
             "message size 4001 (larger than the page)");
 
@@ -570,22 +528,22 @@ static void test_requests(void)
 
     /* Each VMPCK has its own sequence; VMPL 0..3 may be requested. */
     check(exchange(chip, &g, NULL, 1, 1, data, 3, rsp2) && g.seqno[1] == 2 &&
-          g.seqno[0] == 4 && le32(rsp2 + 0x20 + 0x30) == 3,
+          g.seqno[0] == 4 && snp_get_le32(rsp2 + 0x20 + 0x30) == 3,
           "VMPCK1 starts its own sequence at 1; a VMPL 3 report");
     check(exchange(chip, &g, NULL, 0, 5, data, 2, rsp2) &&
-          le32(rsp2 + 0x20 + 0x30) == 2 && g.seqno[0] == 6,
+          snp_get_le32(rsp2 + 0x20 + 0x30) == 2 && g.seqno[0] == 6,
           "a VMPL 2 report under VMPCK0, seqno 5");
 
     /* Parsed but not honoured: status INVALID_PARAM inside the response. */
     check(exchange(chip, &g, NULL, 0, 7, data, 4, rsp2) &&
-          le32(rsp2) == SNP_FW_INVALID_PARAM && le32(rsp2 + 4) == 0 &&
+          snp_get_le32(rsp2) == SNP_FW_INVALID_PARAM && snp_get_le32(rsp2 + 4) == 0 &&
           is_zero(rsp2 + 0x20, REPORT_LEN) && g.seqno[0] == 8,
           "VMPL 4: answered, MSG_REPORT_RSP status 0x16 and no report");
     report_req(p, data, 0, 2);
     seal(req, g.vmpck[0], 9, 5, 1, 0, p, sizeof(p));
     fw = snp_guest_request(chip, &g, NULL, req, resp, log, sizeof(log));
     check(fw == 0 && open_resp(resp, g.vmpck[0], 9, 0, rsp2) &&
-          le32(rsp2) == SNP_FW_INVALID_PARAM && g.seqno[0] == 10,
+          snp_get_le32(rsp2) == SNP_FW_INVALID_PARAM && g.seqno[0] == 10,
           "KEY_SEL 2 (VLEK, none installed): status 0x16 (\"%s\")", log);
 
     /* A lying firmware: REPORT_DATA other than the request's. */

@@ -21,24 +21,9 @@
 #include <openssl/evp.h>
 
 #include "snp-emu-pure.h"
+#include "test-common.h"
 
-static int passed, failed;
 
-static void check(bool ok, const char *fmt, ...)
-{
-    va_list ap;
-
-    printf("%s ", ok ? "  ok  " : "  FAIL");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    if (ok) {
-        passed++;
-    } else {
-        failed++;
-    }
-}
 
 /* ---------------------------------------------------------------- utilities */
 
@@ -195,20 +180,8 @@ static void sha384(const uint8_t *d, size_t len, uint8_t out[48])
     EVP_Digest(d, len, out, &n, EVP_sha384(), NULL);
 }
 
-static uint16_t le16(const uint8_t *p)
-{
-    return p[0] | p[1] << 8;
-}
 
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)le16(p) | (uint32_t)le16(p + 2) << 16;
-}
 
-static uint64_t le64(const uint8_t *p)
-{
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
 
 /*
  * A GUID's bytes as stored in firmware tables: the first three fields
@@ -266,7 +239,7 @@ static const uint8_t *table_entry(const Image *im, const char *guid,
         return NULL;
     }
     /* Total length covers the entries, the u16 itself and the footer GUID. */
-    total = le16(im->bytes + footer_at - 2);
+    total = snp_get_le16(im->bytes + footer_at - 2);
     if (total < 18 || total > footer_at + 16) {
         return NULL;
     }
@@ -274,7 +247,7 @@ static const uint8_t *table_entry(const Image *im, const char *guid,
     pos = footer_at - 2; /* end of the last entry */
     while (pos >= start + 18) {
         const uint8_t *g = im->bytes + pos - 16;
-        uint16_t elen = le16(im->bytes + pos - 18);
+        uint16_t elen = snp_get_le16(im->bytes + pos - 18);
 
         if (elen < 18 || elen > pos - start) {
             return NULL;
@@ -299,24 +272,24 @@ static bool parse_image(Image *im)
     if (!info || ilen < 4 || !meta || mlen < 4) {
         return false;
     }
-    im->ap_reset_addr = le32(info);
+    im->ap_reset_addr = snp_get_le32(info);
     /* The metadata entry is the ASEV header's offset from the file end. */
-    off = le32(meta);
+    off = snp_get_le32(meta);
     if (off < 16 || off > im->len) {
         return false;
     }
     hdr = im->bytes + im->len - off;
-    hlen = le32(hdr + 4);
-    n = le32(hdr + 12);
-    if (memcmp(hdr, "ASEV", 4) != 0 || le32(hdr + 8) != 1 ||
+    hlen = snp_get_le32(hdr + 4);
+    n = snp_get_le32(hdr + 12);
+    if (memcmp(hdr, "ASEV", 4) != 0 || snp_get_le32(hdr + 8) != 1 ||
         hlen != 16 + 12 * n || hlen > off || n > MAX_SECTIONS) {
         return false;
     }
     im->nsec = n;
     for (uint32_t i = 0; i < n; i++) {
-        im->sec[i].base = le32(hdr + 16 + 12 * i);
-        im->sec[i].len = le32(hdr + 16 + 12 * i + 4);
-        im->sec[i].type = le32(hdr + 16 + 12 * i + 8);
+        im->sec[i].base = snp_get_le32(hdr + 16 + 12 * i);
+        im->sec[i].len = snp_get_le32(hdr + 16 + 12 * i + 4);
+        im->sec[i].type = snp_get_le32(hdr + 16 + 12 * i + 8);
     }
     return true;
 }
@@ -511,17 +484,17 @@ static void test_vmsa_layout(void)
     for (size_t i = 0; i < 10; i++) {
         const uint8_t *q = p + 16 * i;
 
-        ok &= le16(q) == 0x1100 + i && le16(q + 2) == 0x2200 + i &&
-              le32(q + 4) == 0x33330000 + i &&
-              le64(q + 8) == 0x4444444400000000ULL + i;
+        ok &= snp_get_le16(q) == 0x1100 + i && snp_get_le16(q + 2) == 0x2200 + i &&
+              snp_get_le32(q + 4) == 0x33330000 + i &&
+              snp_get_le64(q + 8) == 0x4444444400000000ULL + i;
     }
     check(ok, "ten segment registers at 0x00..0x9F (sel, attrib, limit, base)");
     for (size_t i = 0; i < sizeof(regs) / sizeof(regs[0]); i++) {
-        check(le64(p + regs[i].off) == 0x8070605040302000ULL + i,
+        check(snp_get_le64(p + regs[i].off) == 0x8070605040302000ULL + i,
               "%s at 0x%zx", regs[i].name, regs[i].off);
     }
-    check(le32(p + 0x408) == 0x11223344, "mxcsr at 0x408");
-    check(le16(p + 0x410) == 0x5566, "x87 fcw at 0x410");
+    check(snp_get_le32(p + 0x408) == 0x11223344, "mxcsr at 0x408");
+    check(snp_get_le16(p + 0x410) == 0x5566, "x87 fcw at 0x410");
     check(p[0xca] == 0 && p[0xcb] == 0, "vmpl (0xca) and cpl (0xcb) are 0");
     ok = true;
     for (size_t i = 0; i < sizeof(p); i++) {
@@ -534,8 +507,8 @@ static void test_vmsa_layout(void)
     snp_vmsa_build(&s, p);
     check(memcmp(p + 0x10, "\x00\xf0\x9b\x00\xff\xff\x00\x00"
                            "\x00\x00\xff\xff\x00\x00\x00\x00", 16) == 0 &&
-          le64(p + 0x178) == 0xfff0 && le64(p + 0xd0) == 0x1000 &&
-          le64(p + 0x310) == 0x800f12 && le64(p + 0x3b0) == 1,
+          snp_get_le64(p + 0x178) == 0xfff0 && snp_get_le64(p + 0xd0) == 0x1000 &&
+          snp_get_le64(p + 0x310) == 0x800f12 && snp_get_le64(p + 0x3b0) == 1,
           "BSP reset VMSA: CS f000/9b/ffff/ffff0000, RIP fff0, EFER, RDX, "
           "SEV_FEATURES");
 }
@@ -848,8 +821,8 @@ static void test_secrets(void)
     memset(a, 0xcc, sizeof(a));
     check(snp_secrets_fill(a, ka) == 0 && snp_secrets_fill(b, kb) == 0,
           "two fills succeed");
-    check(le32(a) == 3 && le32(b) == 3, "version 3 at 0x00");
-    check(le32(a + 4) == 0 && le32(a + 8) == 0 &&
+    check(snp_get_le32(a) == 3 && snp_get_le32(b) == 3, "version 3 at 0x00");
+    check(snp_get_le32(a + 4) == 0 && snp_get_le32(a + 8) == 0 &&
           memcmp(a + 0x10, zero, 16) == 0, "imi_en, FMS and gosvw are zero");
     for (int i = 0; i < 4; i++) {
         ok &= memcmp(a + 0x20 + 32 * i, ka[i], 32) == 0 &&
@@ -869,7 +842,7 @@ static void test_secrets(void)
     for (size_t i = 0xa0; i < sizeof(a); i++) {
         ok &= a[i] == 0;
     }
-    check(ok && le32(a + 0xc) == 0, "the rest of the page is zero");
+    check(ok && snp_get_le32(a + 0xc) == 0, "the rest of the page is zero");
 }
 
 int main(void)
