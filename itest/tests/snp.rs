@@ -191,6 +191,22 @@ fn a_guest_not_at_vmpl0_terminates() {
     assert_terminated(status, &log, SET_VELLUM, 0x03);
 }
 
+#[test]
+fn the_c_bit_may_be_47_as_well_as_51() {
+    if !snp_only("cbitpos") {
+        return;
+    }
+    // The default launch uses 51 (every other test); EPYC parts use 47 too.
+    let g = Guest::boot_with(&["--cbitpos", "47"]);
+    let log = g.log();
+    assert!(
+        log.contains("snp-emu: emulated SEV-SNP platform: C-bit 47"),
+        "{log}"
+    );
+    assert!(log.contains("snp: active, C-bit 47, VMPL0"), "{log}");
+    assert_still_serving(&g);
+}
+
 // ------------------------------------------------------------------ lies at boot
 
 #[test]
