@@ -12,6 +12,7 @@
 //! `snp-platform/`, `run-qemu.sh --snp-emulated`). Every guest boots on it;
 //! tests that expect something platform-specific ask [`platform()`].
 
+pub mod gdb;
 pub mod http;
 
 use std::{

@@ -13,7 +13,8 @@
 
 use std::{process::Command, time::Duration};
 use vellum_itest::{
-    Guest, SNP_EXIT_FATAL, SNP_EXIT_TERMINATED,
+    Guest, SNP_EXIT_FATAL, SNP_EXIT_TERMINATED, free_ports,
+    gdb::{Gdb, RIP},
     http::{curl, metric},
     image, platform, root,
 };
@@ -402,4 +403,116 @@ fn the_honest_platform_counts_exits_and_no_vc_per_packet() {
     }
     let vc1 = metric(g.http, "vellum_snp_vc_total");
     assert_eq!(vc1, vc0, "no #VC on the data path");
+}
+
+// ------------------------------------------------------------------ the platform's RMP checks
+//
+// An honest guest never trips these: QEMU's gdbstub plays a guest bug (it
+// writes guest memory and registers the way a broken guest would), and the
+// platform must stop the run with an RMP violation naming the page.
+
+/// A pool page after the GHCB: shared, mapped without the C-bit by the boot
+/// page tables (`boot/src/layout.rs`).
+const SHARED_PAGE: u64 = 0x10_1000;
+/// The boot page table over the first 2 MiB (4 KiB pages), which the kernel
+/// keeps using (identity map).
+const BOOT_PT0: u64 = 0x9000;
+/// The C-bit of the default launch.
+const C_BIT: u64 = 1 << 51;
+
+/// Boots with QEMU's gdbstub and returns the guest stopped under it.
+fn boot_under_gdb() -> (Guest, Gdb) {
+    let [port] = free_ports::<1>();
+    let g = Guest::boot_with(&["--", "-gdb", &format!("tcp:127.0.0.1:{port}")]);
+    let mut gdb = Gdb::connect(port);
+    gdb.stopped();
+    (g, gdb)
+}
+
+/// Lets the guest run and asserts the platform ended it for `what` at `gpa`.
+fn assert_rmp_violation(g: &Guest, gdb: &mut Gdb, what: &str, gpa: u64) {
+    gdb.resume();
+    let status = g.wait_exit(Duration::from_secs(60)).expect("QEMU exits");
+    let log = g.log();
+    assert_eq!(status, SNP_EXIT_FATAL, "{log}");
+    let want = format!("snp-emu: RMP violation: {what} at GPA {gpa:#x}");
+    assert!(log.contains(&want), "expected {want:?}:\n{log}");
+}
+
+#[test]
+fn an_instruction_fetch_from_a_shared_page_is_an_rmp_violation() {
+    if !snp_only("fetch-shared") {
+        return;
+    }
+    let (g, mut gdb) = boot_under_gdb();
+    gdb.set_register(RIP, SHARED_PAGE);
+    assert_rmp_violation(
+        &g,
+        &mut gdb,
+        "instruction fetch from a shared page",
+        SHARED_PAGE,
+    );
+}
+
+#[test]
+fn a_c_bit_that_disagrees_with_the_page_owner_is_an_rmp_violation() {
+    if !snp_only("c-bit") {
+        return;
+    }
+    let (g, mut gdb) = boot_under_gdb();
+    // Give the shared page's PTE the C-bit...
+    let pte_at = BOOT_PT0 + (SHARED_PAGE >> 12) * 8;
+    let pte = u64::from_le_bytes(gdb.read_memory(pte_at, 8).try_into().unwrap());
+    assert_eq!(
+        pte & !0xfff,
+        SHARED_PAGE,
+        "PT0 maps the pool 1:1 without the C-bit"
+    );
+    gdb.write_memory(pte_at, &(pte | C_BIT).to_le_bytes());
+    // ...and run, at the current RIP: mov %cr3,%rax; mov %rax,%cr3 (a TLB
+    // flush); mov 0x101000,%rax (a private access to a hypervisor page); jmp .
+    let rip = gdb.register(RIP);
+    let mut code = vec![0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8, 0x48, 0x8b, 0x04, 0x25];
+    code.extend((SHARED_PAGE as u32).to_le_bytes());
+    code.extend([0xeb, 0xfe]);
+    gdb.write_memory(rip, &code);
+    assert_rmp_violation(
+        &g,
+        &mut gdb,
+        "private (C-bit set) access to a hypervisor-owned page",
+        SHARED_PAGE,
+    );
+}
+
+#[test]
+fn device_dma_into_a_private_page_is_an_rmp_violation() {
+    if !snp_only("dma-private") {
+        return;
+    }
+    let (g, mut gdb) = boot_under_gdb();
+    // The RX ring's descriptor table opens the virtio area of the pool (pool
+    // offset 0x3000, after the GHCB and guest-request pages); point every
+    // descriptor at private memory (the kernel at 2 MiB), as a guest bug would.
+    let table = 0x10_3000u64;
+    let first = gdb.read_memory(table, 16);
+    let addr = u64::from_le_bytes(first[..8].try_into().unwrap());
+    assert!(
+        (0x10_0000..0x20_0000).contains(&addr),
+        "RX descriptor 0 points into the pool ({addr:#x})"
+    );
+    for i in 0..256u64 {
+        let d = gdb.read_memory(table + 16 * i, 8);
+        let a = u64::from_le_bytes(d.try_into().unwrap());
+        gdb.write_memory(table + 16 * i, &(0x20_0000 + (a & 0xfff)).to_le_bytes());
+    }
+    gdb.resume();
+    // A packet for the guest: the device writes it into the first buffer.
+    let _ = curl(&["-sS", "-m", "5", &format!("http://127.0.0.1:{}/", g.http)]);
+    let status = g.wait_exit(Duration::from_secs(60)).expect("QEMU exits");
+    let log = g.log();
+    assert_eq!(status, SNP_EXIT_FATAL, "{log}");
+    assert!(
+        log.contains("snp-emu: RMP violation: device DMA into a private page at GPA 0x200000"),
+        "{log}"
+    );
 }
