@@ -516,3 +516,27 @@ fn device_dma_into_a_private_page_is_an_rmp_violation() {
         "{log}"
     );
 }
+
+#[test]
+fn an_intercepted_msr_and_mmio_raise_vc_and_the_guest_refuses_them() {
+    if !snp_only("vc-kinds") {
+        return;
+    }
+    // Vellum's kernel answers #VC for CPUID and RDTSC/RDTSCP only; an RDMSR
+    // of an intercepted MSR (#VC 0x7C) or an MMIO read (#VC 0x400, the LAPIC
+    // in the shared MMIO window) is an unexpected #VC: terminate 0xF/0x11.
+    let rdmsr: &[u8] = &[0xb9, 0x10, 0, 0, 0, 0x0f, 0x32, 0xeb, 0xfe]; // mov $0x10,%ecx; rdmsr
+    let mmio: &[u8] = &[0xa1, 0x30, 0, 0xe0, 0xfe, 0, 0, 0, 0, 0xeb, 0xfe]; // movabs 0xfee00030,%eax
+    for code in [rdmsr, mmio] {
+        let (g, mut gdb) = boot_under_gdb();
+        let rip = gdb.register(RIP);
+        gdb.write_memory(rip, code);
+        gdb.resume();
+        let status = g.wait_exit(Duration::from_secs(60)).expect("QEMU exits");
+        let log = g.log();
+        // Without the #VC the code would loop for ever (`jmp .`): QEMU exits
+        // only because the guest asked it to.
+        assert!(!log.contains("RMP violation"), "{log}");
+        assert_terminated(status, &log, SET_VELLUM, 0x11);
+    }
+}
