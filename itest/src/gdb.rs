@@ -22,6 +22,10 @@ pub struct Gdb {
     s: TcpStream,
 }
 
+/// Bytes per memory packet: QEMU's gdbstub takes packets of up to 4 KiB
+/// (its `PacketSize`), two hex digits a byte.
+const CHUNK: usize = 1024;
+
 /// x86-64 register numbers in GDB's layout (`i386:x86-64`).
 pub const RIP: u32 = 16;
 
@@ -93,6 +97,16 @@ impl Gdb {
         );
     }
 
+    /// Stops the running guest (0x03) and waits for the stop reply.
+    pub fn interrupt(&mut self) {
+        self.s.write_all(&[0x03]).unwrap();
+        let reply = self.recv();
+        assert!(
+            reply.starts_with('T') || reply.starts_with('S'),
+            "no stop reply: {reply}"
+        );
+    }
+
     /// Reads 64-bit register `reg` (GDB numbering).
     pub fn register(&mut self, reg: u32) -> u64 {
         let reply = self.command(&format!("p{reg:x}"));
@@ -103,23 +117,31 @@ impl Gdb {
         u64::from_le_bytes(bytes.try_into().unwrap())
     }
 
-    /// Writes `bytes` at guest virtual address `addr`.
+    /// Writes `bytes` at guest virtual address `addr` (in pieces that fit
+    /// QEMU's packet size, 4 KiB of hex).
     pub fn write_memory(&mut self, addr: u64, bytes: &[u8]) {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let reply = self.command(&format!("M{addr:x},{:x}:{hex}", bytes.len()));
-        assert_eq!(reply, "OK", "gdbstub refused to write {addr:#x}");
+        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+            let at = addr + (i * CHUNK) as u64;
+            let hex: String = chunk.iter().map(|b| format!("{b:02x}")).collect();
+            let reply = self.command(&format!("M{at:x},{:x}:{hex}", chunk.len()));
+            assert_eq!(reply, "OK", "gdbstub refused to write {at:#x}");
+        }
     }
 
-    /// Reads `len` bytes at guest virtual address `addr`.
+    /// Reads `len` bytes at guest virtual address `addr` (in pieces).
     pub fn read_memory(&mut self, addr: u64, len: usize) -> Vec<u8> {
-        let reply = self.command(&format!("m{addr:x},{len:x}"));
-        assert!(
-            reply.len() == 2 * len && !reply.starts_with('E'),
-            "gdbstub refused to read {addr:#x}: {reply}"
-        );
-        (0..len)
-            .map(|i| u8::from_str_radix(&reply[2 * i..2 * i + 2], 16).unwrap())
-            .collect()
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let at = addr + out.len() as u64;
+            let n = CHUNK.min(len - out.len());
+            let reply = self.command(&format!("m{at:x},{n:x}"));
+            assert!(
+                reply.len() == 2 * n && !reply.starts_with('E'),
+                "gdbstub refused to read {at:#x}: {reply}"
+            );
+            out.extend((0..n).map(|i| u8::from_str_radix(&reply[2 * i..2 * i + 2], 16).unwrap()));
+        }
+        out
     }
 
     /// Sets 64-bit register `reg` (GDB numbering).
