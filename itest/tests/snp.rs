@@ -670,3 +670,32 @@ fn the_ghcb_page_protocol_answers_cpuid_msr_mmio_and_features_and_checks_valid_b
         (2, 6)
     );
 }
+
+#[test]
+fn pvalidate_refuses_bad_input() {
+    if !snp_only("pvalidate-input") {
+        return;
+    }
+    // FAIL_INPUT (1): a misaligned address, and a page size other than 0/1.
+    // (FAIL_SIZEMISMATCH and CF=1 are shown by the rmp-4k and alias tests.)
+    let (_g, mut gdb) = boot_under_gdb();
+    let at = gdb.register(RIP);
+    for (rax, rcx) in [(0x20_1001u32, 0u32), (0x20_1000, 2)] {
+        // mov $rax,%rax; mov $rcx,%ecx; mov $1,%edx; pvalidate; jmp .
+        let mut code = vec![0x48, 0xc7, 0xc0];
+        code.extend(rax.to_le_bytes());
+        code.push(0xb9);
+        code.extend(rcx.to_le_bytes());
+        code.extend([0xba, 1, 0, 0, 0, 0xf2, 0x0f, 0x01, 0xff, 0xeb, 0xfe]);
+        gdb.write_memory(at, &code);
+        gdb.set_register(RIP, at);
+        gdb.resume();
+        std::thread::sleep(Duration::from_millis(300));
+        gdb.interrupt();
+        assert_eq!(
+            gdb.register(0),
+            1,
+            "PVALIDATE({rax:#x}, size {rcx}) = FAIL_INPUT"
+        );
+    }
+}
