@@ -31,30 +31,41 @@ VELLUM_SETUP_NEED="qemu curl openssl python iproute" vellum_setup
 BARE=(--target x86_64-vellum.json -Zbuild-std=core,alloc
       -Zbuild-std-features=compiler-builtins-mem -Zjson-target-spec)
 step() { printf '\n== %s\n' "$*"; }
+# Under CI a check that cannot run is a failure, never a skip.
+IN_CI=0
+[ "${CI:-}" = true ] && IN_CI=1
+# Cargo.lock is part of the build: a drifting lock file fails here instead of
+# dirtying the tree (which would skip the reproducibility check).
+LOCKED=--locked
 t0=$(date +%s)
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "clippy, host crates"
-cargo clippy --workspace --all-targets -q -- -D warnings
+cargo clippy $LOCKED --workspace --all-targets -q -- -D warnings
 
 step "clippy, bare-metal binaries"
-cargo clippy -q -p vellum-boot -p vellum-kernel --bins "${BARE[@]}" -- -D warnings
+cargo clippy $LOCKED -q -p vellum-boot -p vellum-kernel --bins "${BARE[@]}" -- -D warnings
 
 step "host tests"
-cargo test -q
+cargo test $LOCKED -q
 
 if [ $QUICK = 0 ]; then
   step "build target/vellum.bin"
-  cargo run -q -p vellum-image -- build
+  cargo run $LOCKED -q -p vellum-image -- build
 
   step "the built image against sev-snp-measure (1/2/4 vCPUs x EPYC models)"
-  VELLUM_REQUIRE_IMAGE=1 cargo test -q -p vellum-image --test measure_crosscheck -- built_image_matches_if_present
+  # Exactly this one test, by its exact name: a rename must fail, not run none.
+  out=$(VELLUM_REQUIRE_IMAGE=1 cargo test $LOCKED -q -p vellum-image --test measure_crosscheck -- --exact built_image_matches_if_present 2>&1) || { echo "$out"; exit 1; }
+  echo "$out" | grep -E '^test result:'
+  echo "$out" | grep -q '^test result: ok. 1 passed;' || {
+    echo "test.sh: the sev-snp-measure cross-check of the built image did not run exactly one test (renamed?): fix the name in test.sh." >&2; exit 1; }
 
   step "guest tests (QEMU/TCG)"
   # Two guests at a time: each TCG guest wants a core, and the host has two.
-  VELLUM_PLATFORM=tcg cargo test -q -p vellum-itest -- --test-threads=2
+  # The tap test needs root and /dev/net/tun; under CI it must run, not skip.
+  VELLUM_REQUIRE_TAP=$IN_CI VELLUM_PLATFORM=tcg cargo test $LOCKED -q -p vellum-itest -- --test-threads=2
 
   if [ $SNP = 1 ]; then
     step "the emulated SEV-SNP platform: snp-platform/build.sh (about 3 minutes on a fresh machine, then cached)"
@@ -64,14 +75,21 @@ if [ $QUICK = 0 ]; then
     snp-platform/tests/run.sh
 
     step "guest tests on the emulated SEV-SNP platform (VELLUM_PLATFORM=snp-emulated)"
-    VELLUM_PLATFORM=snp-emulated cargo test -q -p vellum-itest -- --test-threads=2
+    VELLUM_REQUIRE_TAP=$IN_CI VELLUM_PLATFORM=snp-emulated cargo test $LOCKED -q -p vellum-itest -- --test-threads=2
   fi
 
   step "reproducible image (a fresh clone elsewhere builds the same bytes)"
-  if [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && git rev-parse -q HEAD >/dev/null 2>&1; then
+  if ! dirty=$(git status --porcelain --untracked-files=no) || ! git rev-parse -q HEAD >/dev/null; then
+    echo "test.sh: git cannot read this checkout (see its message above; for \"dubious ownership\" run git config --global --add safe.directory $PWD), so the reproducibility check cannot run." >&2
+    exit 1
+  elif [ -z "$dirty" ]; then
     scripts/repro-check.sh --against-worktree
+  elif [ $IN_CI = 1 ]; then
+    echo "test.sh: the tree has uncommitted changes under CI (the image is not a build of HEAD):" >&2
+    echo "$dirty" >&2
+    exit 1
   else
-    echo "skipped: uncommitted changes (the image is not a build of HEAD); run scripts/repro-check.sh after committing"
+    echo "SKIPPED: uncommitted changes (the image is not a build of HEAD); run scripts/repro-check.sh after committing"
   fi
 fi
 printf '\n== all checks passed in %ss\n' $(( $(date +%s) - t0 ))
