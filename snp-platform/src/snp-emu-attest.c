@@ -825,26 +825,15 @@ uint64_t snp_chip_tcb(const SnpChip *chip)
  *   0x20 u64 MSG_SEQNO the GCM IV: its 8 little-endian bytes, 4 zero bytes
  *   0x28 reserved
  *   0x30 u8 ALGO (1 = AES-256-GCM), 0x31 u8 HDR_VERSION (1),
- *   0x32 u16 HDR_SIZE (0x60), 0x34 u8 MSG_TYPE, 0x35 u8 MSG_VERSION,
+ *   0x32 u16 SNP_MSG_HDR_LEN (0x60), 0x34 u8 MSG_TYPE, 0x35 u8 MSG_VERSION,
  *   0x36 u16 MSG_SIZE, 0x38 reserved, 0x3C u8 MSG_VMPCK, reserved to 0x60
  *   0x60 payload (MSG_SIZE bytes)
  * The additional authenticated data is the header from 0x30 to 0x60.
  */
-#define H_TAG 0x00
-#define H_SEQNO 0x20
-#define H_ALGO 0x30
-#define H_HDR_VERSION 0x31
-#define H_HDR_SIZE 0x32
-#define H_MSG_TYPE 0x34
-#define H_MSG_VERSION 0x35
-#define H_MSG_SIZE 0x36
-#define H_MSG_VMPCK 0x3C
-#define H_AAD 0x30
-#define HDR_SIZE 0x60
-#define AAD_LEN (HDR_SIZE - H_AAD)
+#define AAD_LEN (SNP_MSG_HDR_LEN - SNP_MSG_AAD)
 #define TAG_LEN 16
 #define IV_LEN 12
-#define MAX_PAYLOAD (SNP_PAGE_SIZE - HDR_SIZE)
+#define MAX_PAYLOAD (SNP_PAGE_SIZE - SNP_MSG_HDR_LEN)
 #define ALGO_AES_256_GCM 1
 
 enum {
@@ -1136,7 +1125,7 @@ static bool answer_report(const SnpChip *chip, const SnpGuestInfo *guest,
 
 /*
  * SNP_GUEST_REQUEST (56860 §8.26, §7). The firmware:
- *  1. checks the header: ALGO 1, HDR_VERSION 1, HDR_SIZE 0x60, MSG_VMPCK
+ *  1. checks the header: ALGO 1, HDR_VERSION 1, SNP_MSG_HDR_LEN 0x60, MSG_VMPCK
  *     0..3 (a VMPCK the guest's VMPL may use: all of them at VMPL0),
  *     MSG_SIZE within the page;
  *  2. checks MSG_SEQNO = the last sequence number of that VMPCK + 1 (the
@@ -1163,23 +1152,23 @@ uint32_t snp_guest_request(const SnpChip *chip, SnpGuestInfo *guest,
 {
     uint8_t plain[MAX_PAYLOAD], tag[TAG_LEN], key[32];
     uint8_t out[SNP_PAGE_SIZE], rsp[REPORT_RSP_SIZE];
-    unsigned type = req[H_MSG_TYPE], version = req[H_MSG_VERSION];
-    unsigned vmpck = req[H_MSG_VMPCK];
-    size_t size = snp_get_le16(req + H_MSG_SIZE);
-    uint64_t seqno = snp_get_le64(req + H_SEQNO), expected;
+    unsigned type = req[SNP_MSG_TYPE], version = req[SNP_MSG_VERSION];
+    unsigned vmpck = req[SNP_MSG_VMPCK];
+    size_t size = snp_get_le16(req + SNP_MSG_SIZE);
+    uint64_t seqno = snp_get_le64(req + SNP_MSG_SEQNO), expected;
     char note[160] = "";
     uint32_t rc = SNP_FW_INVALID_PARAM;
 
     say(log, loglen, "%s", "");
-    if (req[H_ALGO] != ALGO_AES_256_GCM) {
+    if (req[SNP_MSG_ALGO] != ALGO_AES_256_GCM) {
         say(log, loglen, "guest message: algorithm %u is not supported "
-            "(1 = AES-256-GCM)", req[H_ALGO]);
+            "(1 = AES-256-GCM)", req[SNP_MSG_ALGO]);
         return SNP_FW_INVALID_PARAM;
     }
-    if (req[H_HDR_VERSION] != 1 || snp_get_le16(req + H_HDR_SIZE) != HDR_SIZE) {
+    if (req[SNP_MSG_HDR_VERSION] != 1 || snp_get_le16(req + SNP_MSG_HDR_SIZE) != SNP_MSG_HDR_LEN) {
         say(log, loglen, "guest message: header version %u, size 0x%x "
-            "(version 1, size 0x60 expected)", req[H_HDR_VERSION],
-            snp_get_le16(req + H_HDR_SIZE));
+            "(version 1, size 0x60 expected)", req[SNP_MSG_HDR_VERSION],
+            snp_get_le16(req + SNP_MSG_HDR_SIZE));
         return SNP_FW_INVALID_PARAM;
     }
     if (vmpck > 3) {
@@ -1213,8 +1202,8 @@ uint32_t snp_guest_request(const SnpChip *chip, SnpGuestInfo *guest,
 
     /* Decrypt from a private copy, with a private copy of the key. */
     memcpy(key, guest->vmpck[vmpck], sizeof(key));
-    memcpy(tag, req + H_TAG, TAG_LEN);
-    if (!gcm(false, key, seqno, req + H_AAD, req + HDR_SIZE, size, plain,
+    memcpy(tag, req + SNP_MSG_TAG, TAG_LEN);
+    if (!gcm(false, key, seqno, req + SNP_MSG_AAD, req + SNP_MSG_HDR_LEN, size, plain,
              tag)) {
         say(log, loglen, "guest message %" PRIu64 " under VMPCK%u does not "
             "authenticate (altered, or sealed with another key)", seqno,
@@ -1242,16 +1231,16 @@ uint32_t snp_guest_request(const SnpChip *chip, SnpGuestInfo *guest,
 
     /* The response: same VMPCK and version, type + 1, sequence + 1. */
     memset(out, 0, sizeof(out));
-    snp_put_le64(out + H_SEQNO, seqno + 1);
-    out[H_ALGO] = ALGO_AES_256_GCM;
-    out[H_HDR_VERSION] = 1;
-    snp_put_le16(out + H_HDR_SIZE, HDR_SIZE);
-    out[H_MSG_TYPE] = MSG_REPORT_RSP;
-    out[H_MSG_VERSION] = version;
-    snp_put_le16(out + H_MSG_SIZE, REPORT_RSP_SIZE);
-    out[H_MSG_VMPCK] = vmpck;
-    if (!gcm(true, key, seqno + 1, out + H_AAD, rsp, REPORT_RSP_SIZE,
-             out + HDR_SIZE, out + H_TAG)) {
+    snp_put_le64(out + SNP_MSG_SEQNO, seqno + 1);
+    out[SNP_MSG_ALGO] = ALGO_AES_256_GCM;
+    out[SNP_MSG_HDR_VERSION] = 1;
+    snp_put_le16(out + SNP_MSG_HDR_SIZE, SNP_MSG_HDR_LEN);
+    out[SNP_MSG_TYPE] = MSG_REPORT_RSP;
+    out[SNP_MSG_VERSION] = version;
+    snp_put_le16(out + SNP_MSG_SIZE, REPORT_RSP_SIZE);
+    out[SNP_MSG_VMPCK] = vmpck;
+    if (!gcm(true, key, seqno + 1, out + SNP_MSG_AAD, rsp, REPORT_RSP_SIZE,
+             out + SNP_MSG_HDR_LEN, out + SNP_MSG_TAG)) {
         say(log, loglen, "guest message %" PRIu64 ": the emulated firmware "
             "could not seal the response", seqno);
         rc = SNP_FW_HWERROR_PLATFORM;

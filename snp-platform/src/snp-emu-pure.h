@@ -136,6 +136,23 @@ int snp_secrets_fill(uint8_t page[SNP_PAGE_SIZE], uint8_t vmpck[4][32]);
 
 /* ---------------------------------------------------------------- attestation */
 
+/*
+ * The SNP guest message header (SNP firmware ABI 56860, "Guest Messages"):
+ * the AES-256-GCM tag at 0x00, the sequence number (the IV) at 0x20, then
+ * the authenticated fields 0x30..0x5F, then the payload.
+ */
+#define SNP_MSG_TAG 0x00
+#define SNP_MSG_SEQNO 0x20
+#define SNP_MSG_ALGO 0x30
+#define SNP_MSG_HDR_VERSION 0x31
+#define SNP_MSG_HDR_SIZE 0x32
+#define SNP_MSG_TYPE 0x34
+#define SNP_MSG_VERSION 0x35
+#define SNP_MSG_SIZE 0x36
+#define SNP_MSG_VMPCK 0x3C
+#define SNP_MSG_AAD 0x30
+#define SNP_MSG_HDR_LEN 0x60
+
 /* The emulated chip: its VCEK and, when a directory is given, the ARK and ASK. */
 typedef struct SnpChip SnpChip;
 
@@ -163,7 +180,7 @@ typedef struct SnpGuestInfo {
     uint32_t cpuid_fms;     /* CPUID(1).EAX of the vCPU model, for the report */
     uint8_t vmpck[4][32];   /* from the secrets page at launch */
     uint64_t seqno[4];      /* last sequence number used per VMPCK (starts 0) */
-    bool vmpck_disabled[4]; /* a VMPCK is disabled after a failed message */
+    bool vmpck_disabled[4]; /* set by the caller to refuse a VMPCK (firmware never sets it) */
 } SnpGuestInfo;
 
 /* Fault injections inside the emulated firmware (tests of a lying platform). */
@@ -193,6 +210,5 @@ uint32_t snp_guest_request(const SnpChip *chip, SnpGuestInfo *guest,
 #define SNP_FW_SUCCESS 0x00
 #define SNP_FW_INVALID_PARAM 0x16
 #define SNP_FW_AEAD_OFLOW 0x1D   /* sequence numbers exhausted */
-#define SNP_FW_BAD_MEASUREMENT 0x13 /* used for an ID block mismatch */
 
 #endif

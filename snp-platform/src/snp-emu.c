@@ -761,7 +761,7 @@ static bool snp_host_can_access(hwaddr gpa, uint64_t len)
     return true;
 }
 
-static void snp_ioio(CPUX86State *env, GhcbCall *g, hwaddr ghcb_gpa)
+static void snp_ioio(CPUX86State *env, GhcbCall *g)
 {
     uint64_t info1 = ghcb_get(g, GHCB_EXIT_INFO1);
     uint32_t port = info1 >> 16;
@@ -1057,7 +1057,7 @@ static void snp_ghcb_protocol(CPUX86State *env, hwaddr gpa, uintptr_t ra)
     } else {
         switch (code) {
         case NAE_IOIO:
-            snp_ioio(env, &g, gpa);
+            snp_ioio(env, &g);
             break;
         case NAE_MSR:
             snp_msr_nae(env, &g);

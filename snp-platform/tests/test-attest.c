@@ -132,28 +132,6 @@ static int TEST_PRINTF(3, 4) run(char *out, size_t outlen, const char *fmt,
     return st < 0 ? -1 : (st >> 8 & 0xff);
 }
 
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    uint8_t *buf = NULL;
-    long n;
-
-    *len = 0;
-    if (!f) {
-        return NULL;
-    }
-    n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    if (n > 0 && fseek(f, 0, SEEK_SET) == 0) {
-        buf = malloc(n);
-        if (buf && fread(buf, 1, n, f) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        }
-        *len = buf ? (size_t)n : 0;
-    }
-    fclose(f);
-    return buf;
-}
 
 static bool write_file(const char *path, const uint8_t *d, size_t len)
 {
@@ -180,15 +158,6 @@ static bool same_file(const char *a, const char *b)
 /* ---------------------------------------------------------------- the guest */
 
 /* Guest message header (56860 §7; snp-reference.md §5). */
-#define H_SEQNO 0x20
-#define H_ALGO 0x30
-#define H_HDR_VERSION 0x31
-#define H_HDR_SIZE 0x32
-#define H_MSG_TYPE 0x34
-#define H_MSG_VERSION 0x35
-#define H_MSG_SIZE 0x36
-#define H_MSG_VMPCK 0x3C
-#define HDR 0x60
 #define REPORT_LEN 0x4A0
 #define RSP_LEN (0x20 + REPORT_LEN)
 
@@ -219,15 +188,15 @@ static void seal(uint8_t page[SNP_PAGE_SIZE], const uint8_t key[32],
                  const uint8_t *payload, size_t len)
 {
     memset(page, 0, SNP_PAGE_SIZE);
-    snp_put_le64(page + H_SEQNO, seqno);
-    page[H_ALGO] = 1;
-    page[H_HDR_VERSION] = 1;
-    snp_put_le16(page + H_HDR_SIZE, HDR);
-    page[H_MSG_TYPE] = type;
-    page[H_MSG_VERSION] = version;
-    snp_put_le16(page + H_MSG_SIZE, (uint16_t)len);
-    page[H_MSG_VMPCK] = vmpck;
-    if (!gcm(true, key, seqno, page + 0x30, payload, len, page + HDR, page)) {
+    snp_put_le64(page + SNP_MSG_SEQNO, seqno);
+    page[SNP_MSG_ALGO] = 1;
+    page[SNP_MSG_HDR_VERSION] = 1;
+    snp_put_le16(page + SNP_MSG_HDR_SIZE, SNP_MSG_HDR_LEN);
+    page[SNP_MSG_TYPE] = type;
+    page[SNP_MSG_VERSION] = version;
+    snp_put_le16(page + SNP_MSG_SIZE, (uint16_t)len);
+    page[SNP_MSG_VMPCK] = vmpck;
+    if (!gcm(true, key, seqno, page + 0x30, payload, len, page + SNP_MSG_HDR_LEN, page)) {
         fprintf(stderr, "test-attest: AES-GCM failed\n");
         exit(2);
     }
@@ -263,16 +232,16 @@ static bool open_resp(const uint8_t page[SNP_PAGE_SIZE], const uint8_t key[32],
 {
     uint8_t tag[16];
 
-    if (page[H_ALGO] != 1 || page[H_HDR_VERSION] != 1 ||
-        snp_get_le16(page + H_HDR_SIZE) != HDR || page[H_MSG_TYPE] != 6 ||
-        page[H_MSG_VERSION] != 1 || page[H_MSG_VMPCK] != vmpck ||
-        snp_get_le64(page + H_SEQNO) != req_seqno + 1 ||
-        snp_get_le16(page + H_MSG_SIZE) != RSP_LEN) {
+    if (page[SNP_MSG_ALGO] != 1 || page[SNP_MSG_HDR_VERSION] != 1 ||
+        snp_get_le16(page + SNP_MSG_HDR_SIZE) != SNP_MSG_HDR_LEN || page[SNP_MSG_TYPE] != 6 ||
+        page[SNP_MSG_VERSION] != 1 || page[SNP_MSG_VMPCK] != vmpck ||
+        snp_get_le64(page + SNP_MSG_SEQNO) != req_seqno + 1 ||
+        snp_get_le16(page + SNP_MSG_SIZE) != RSP_LEN) {
         return false;
     }
     memcpy(tag, page, 16);
     return is_zero(page + 16, 16) &&
-           gcm(false, key, req_seqno + 1, page + 0x30, page + HDR, RSP_LEN,
+           gcm(false, key, req_seqno + 1, page + 0x30, page + SNP_MSG_HDR_LEN, RSP_LEN,
                rsp, tag);
 }
 
@@ -455,7 +424,7 @@ static void test_requests(void)
 
     seal_report(req, g.vmpck[0], 3, 0, data, 0);
     memcpy(first, req, sizeof(req));    /* the intact request, kept */
-    req[HDR + 17] ^= 0x01;
+    req[SNP_MSG_HDR_LEN + 17] ^= 0x01;
     refused(chip, &g, req, SNP_FW_INVALID_PARAM, "altered ciphertext");
     memcpy(req, first, sizeof(req));
     req[5] ^= 0x40;
@@ -465,23 +434,23 @@ static void test_requests(void)
     refused(chip, &g, req, SNP_FW_INVALID_PARAM,
             "altered header (a reserved byte of the AAD)");
     memcpy(req, first, sizeof(req));
-    req[H_MSG_TYPE] = 3;
+    req[SNP_MSG_TYPE] = 3;
     refused(chip, &g, req, SNP_FW_INVALID_PARAM,
             "header altered to MSG_KEY_REQ (authenticated type)");
     memcpy(req, first, sizeof(req));
-    req[H_ALGO] = 2;
+    req[SNP_MSG_ALGO] = 2;
     refused(chip, &g, req, SNP_FW_INVALID_PARAM, "algorithm 2");
     memcpy(req, first, sizeof(req));
-    req[H_HDR_VERSION] = 2;
+    req[SNP_MSG_HDR_VERSION] = 2;
     refused(chip, &g, req, SNP_FW_INVALID_PARAM, "header version 2");
     memcpy(req, first, sizeof(req));
-    snp_put_le16(req + H_HDR_SIZE, 0x50);
+    snp_put_le16(req + SNP_MSG_HDR_SIZE, 0x50);
     refused(chip, &g, req, SNP_FW_INVALID_PARAM, "header size 0x50");
     memcpy(req, first, sizeof(req));
-    req[H_MSG_VMPCK] = 4;
+    req[SNP_MSG_VMPCK] = 4;
     refused(chip, &g, req, SNP_FW_INVALID_PARAM, "VMPCK4");
     memcpy(req, first, sizeof(req));
-    snp_put_le16(req + H_MSG_SIZE, SNP_PAGE_SIZE - HDR + 1);
+    snp_put_le16(req + SNP_MSG_SIZE, SNP_PAGE_SIZE - SNP_MSG_HDR_LEN + 1);
     refused(chip, &g, req, SNP_FW_INVALID_PARAM,
             "message size 4001 (larger than the page)");
 

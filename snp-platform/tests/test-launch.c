@@ -39,27 +39,6 @@ static const char *root_dir(void)
     return root;
 }
 
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    uint8_t *buf = NULL;
-    long n;
-
-    if (!f) {
-        return NULL;
-    }
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 0 &&
-        fseek(f, 0, SEEK_SET) == 0) {
-        buf = malloc(n);
-        if (buf && fread(buf, 1, n, f) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        }
-        *len = n;
-    }
-    fclose(f);
-    return buf;
-}
 
 /* Runs a shell command in the repository root; returns its stdout or NULL. */
 static char *run(const char *fmt, ...)
