@@ -33,7 +33,7 @@
 //!    firmware error, a response that is malformed, does not authenticate, or
 //!    carries the wrong sequence number, a report with other REPORT_DATA or
 //!    VMPL) **burns** the key: the cipher's key material is overwritten, the
-//!    host's copy of VMPCK0 (the secrets page) is wiped, and every later
+//!    copy of VMPCK0 on the (private) secrets page is wiped, and every later
 //!    request is refused with [`GuestMsgError::KeyBurnt`]. The guest and the
 //!    PSP may no longer agree on the next sequence number, and a guest that
 //!    could still use the key could be made to reuse one.
@@ -943,7 +943,7 @@ mod tests {
             }
         }
 
-        /// The key is burnt: cipher wiped, host told to wipe, every later
+        /// The key is burnt: cipher wiped, the secrets-page copy wiped, every later
         /// request refused before anything is sealed or sent.
         fn assert_burnt(&mut self) {
             assert!(self.ch.is_burnt());
