@@ -27,6 +27,40 @@ fn boots_to_ready_with_a_clear_log() {
     assert!(log.contains("Usable"), "{log}");
 }
 
+/// The kernel clock (TSC calibrated against the PIT at boot) keeps time with
+/// the host's while the test runner loads both cores: timeouts and the
+/// attestation rate limit depend on it. A calibration that a descheduled vCPU
+/// skewed ran 30 % slow in CI.
+#[test]
+fn the_guest_clock_keeps_time() {
+    let g = Guest::boot();
+    let read = || {
+        let before = std::time::Instant::now();
+        let m = vellum_itest::http::metrics(g.http);
+        let after = std::time::Instant::now();
+        (before, after, m)
+    };
+    let (b0, a0, m0) = read();
+    std::thread::sleep(Duration::from_secs(3));
+    let (b1, a1, m1) = read();
+    let ppm = m0["vellum_tsc_calibration_error_ppm"];
+    assert!(
+        ppm <= 20_000,
+        "calibration error bound {ppm} ppm\n{}",
+        g.log()
+    );
+    let guest = m1["vellum_uptime_microseconds"] - m0["vellum_uptime_microseconds"];
+    // The guest's two readings lie within the host's brackets around them.
+    let shortest = b1.duration_since(a0).as_micros() as u64;
+    let longest = a1.duration_since(b0).as_micros() as u64;
+    let slack = longest / 50; // 2 %
+    assert!(
+        guest + slack >= shortest && guest <= longest + slack,
+        "the guest counted {guest} us while the host counted {shortest}..{longest} us\n{}",
+        g.log()
+    );
+}
+
 #[test]
 fn memory_size_follows_qemu_m() {
     let g = Guest::start(&["--mem", "24M", "--no-net"]);

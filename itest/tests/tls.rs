@@ -100,17 +100,22 @@ ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=120))
-got = bytearray()
+got = bytearray(); why = ["complete"]
 def reader():
-    while len(got) < n:
-        b = s.recv(65536)
-        if not b:
-            break
-        got.extend(b)
+    try:
+        while len(got) < n:
+            b = s.recv(65536)
+            if not b:
+                why[0] = "end of stream"
+                break
+            got.extend(b)
+    except Exception as e:
+        why[0] = repr(e)
 t = threading.Thread(target=reader); t.start()
 s.sendall(data)
 t.join()
 print(s.version(), s.cipher()[0], len(got), got == data)
+print("reader stopped:", why[0], file=sys.stderr)
 "#;
 
 #[test]
@@ -133,7 +138,13 @@ fn tls_echo_round_trips_four_mebibytes_byte_exact() {
         ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"].contains(&fields[1]),
         "{text}"
     );
-    assert_eq!(fields[2], (4u32 << 20).to_string(), "{}", g.log());
+    assert_eq!(
+        fields[2],
+        (4u32 << 20).to_string(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        g.log()
+    );
     assert_eq!(fields[3], "True", "echoed bytes differ");
 }
 

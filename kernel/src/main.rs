@@ -87,11 +87,32 @@ mod kmain {
                 handoff.boot_vmgexits
             );
         }
-        log::info!(
-            "tsc {} MHz; boot stage took {} us",
-            clk.hz / 1_000_000,
-            clk.micros(handoff.tsc_at_kernel)
-        );
+        match clock::calibration() {
+            Some(clock::Calibration {
+                span_us,
+                error_ppm: Some(ppm),
+            }) => {
+                log::info!(
+                    "tsc {} MHz (+-{}.{:02} % over {} us of PIT); boot stage took {} us",
+                    clk.hz / 1_000_000,
+                    ppm / 10_000,
+                    ppm / 100 % 100,
+                    span_us,
+                    clk.micros(handoff.tsc_at_kernel)
+                );
+                if ppm > 20_000 {
+                    log::warn!(
+                        "tsc: the calibration may be off by more than 2 %, so timeouts and \
+                         rate limits run that much fast or slow (the host kept descheduling \
+                         this vCPU while it read the PIT)"
+                    );
+                }
+            }
+            _ => log::warn!(
+                "tsc: the PIT never counted, so the clock assumes 2 GHz and timeouts and rate \
+                 limits may be off; give the guest a PIT (QEMU's default machine has one)"
+            ),
+        }
         arch::interrupts::init();
         x86_64::instructions::interrupts::int3();
         log::info!("gdt/tss/idt loaded; exceptions run on IST stacks (int3 handled)");

@@ -154,6 +154,19 @@ pub fn run(pool: Pool, snp: bool) -> Result<(), &'static str> {
             "Seconds since reset.",
             clock::micros() / 1_000_000,
         );
+        w.gauge(
+            "uptime_microseconds",
+            "Microseconds since reset, by the kernel clock (to check it against another).",
+            clock::micros(),
+        );
+        if let Some(c) = clock::calibration() {
+            w.gauge(
+                "tsc_calibration_error_ppm",
+                "Bound on the TSC calibration's error at boot, parts per million \
+                 (1000000 when the PIT never counted).",
+                c.error_ppm.unwrap_or(1_000_000),
+            );
+        }
         let p = &services::POLL_CYCLES;
         w.counter("polls", "Service polls measured.", p.polls.get());
         for (name, help, c) in [
