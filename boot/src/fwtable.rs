@@ -2,7 +2,7 @@
 //! SEV (`ASEV`) metadata block it points to.
 //!
 //! Facts (QEMU 10.0.2 `hw/i386/pc_sysfw_ovmf.c`, `target/i386/sev.c`; see
-//! `snp-reference.md` §1.2 and §1.3):
+//! `docs/snp-reference.md` §1.2 "The GUIDed table" and §1.3 "SEV metadata"):
 //! - the footer GUID sits at `file_end - 48`, the table's total length (u16,
 //!   counting itself and the footer GUID) at `file_end - 50`;
 //! - entries are walked backwards from just below the length; each is

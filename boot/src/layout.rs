@@ -39,7 +39,8 @@
 //! ```
 //!
 //! SNP: the launch validates the whole image (as NORMAL pages) and the ASEV ranges
-//! above; boot must never PVALIDATE those again (`snp-reference.md` §4).
+//! above; boot must never PVALIDATE those again (`docs/snp-reference.md` §1.4,
+//! §4.4 "PVALIDATE and double validation").
 
 /// Size of a small page.
 pub const PAGE_SIZE: u64 = 0x1000;
@@ -50,7 +51,8 @@ pub const LARGE_PAGE_SIZE: u64 = 0x20_0000;
 pub const FIRMWARE_TOP: u64 = 0x1_0000_0000;
 /// QEMU requires the `-bios` file size to be a non-zero multiple of this.
 pub const IMAGE_ALIGN: u64 = 0x1_0000;
-/// Largest image we produce (stays clear of the IOAPIC/LAPIC; `snp-reference.md` §1.1).
+/// Largest image we produce (stays clear of the IOAPIC/LAPIC;
+/// `docs/snp-reference.md` §1.1 "Loading and mapping the image").
 pub const IMAGE_MAX_SIZE: u64 = 8 << 20;
 
 /// Size of the boot ROM region at the top of the image (boot ELF's ROM part).
@@ -104,7 +106,7 @@ pub const BOOT_EARLY_PAGE_END: u64 = BOOT_EARLY_PAGE + PAGE_SIZE;
 
 /// Under SEV-SNP the boot page tables map this window of the 32-bit PCI hole
 /// (PCI BARs, IOAPIC 0xFEC0_0000, HPET, LAPIC 0xFEE0_0000) **without** the C-bit:
-/// MMIO must be accessed as shared (`snp-reference.md` §1.7). It stops below the
+/// MMIO must be accessed as shared (`docs/snp-reference.md` §1.7). It stops below the
 /// largest firmware image, whose range stays private. q35 never puts RAM here
 /// (low RAM ends at or below the 0xB000_0000 MMCONFIG window); boot refuses an
 /// e820 map that does.

@@ -6,7 +6,7 @@
 //! zeroizes itself on drop. Signatures use RFC 6979 deterministic nonces, so
 //! signing needs no randomness at all.
 //!
-//! RA-TLS flow (snp-reference §5): generate the identity, compute
+//! RA-TLS flow (`docs/snp-reference.md` §5.6): generate the identity, compute
 //! [`Identity::report_data`], ask the PSP for a report with it, then
 //! [`Identity::reissue`] the certificate with the report in the
 //! [`ATTESTATION_REPORT_OID`] extension. The key (hence the SPKI) stays the same.
@@ -48,9 +48,9 @@ use crate::rng::EntropySource;
 /// SNP attestation report as an OCTET STRING.
 ///
 /// **Placeholder**: `1.3.6.1.4.1.58270.1.1` is the arc used by an existing SNP
-/// RA-TLS crate (snp-reference §5), chosen so that its verifiers can read our
-/// certificates. Replace it if Vellum registers its own enterprise arc; the
-/// verifier must use the same value.
+/// RA-TLS crate (a3s-box-runtime; `docs/snp-reference.md` §5.6), chosen so that
+/// its verifiers can read our certificates. Replace it if Vellum registers its
+/// own enterprise arc; the verifier must use the same value.
 pub const ATTESTATION_REPORT_OID: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.3.6.1.4.1.58270.1.1");
 

@@ -2,7 +2,8 @@
 //!
 //! Connects to the guest's HTTPS service, keeps the certificate presented in
 //! the TLS handshake, asks `GET /attestation?nonce=<hex>` on that connection,
-//! and checks the SEV-SNP report it gets back (`snp-reference.md` §5):
+//! and checks the SEV-SNP report it gets back (`docs/snp-reference.md` §2 "Guest
+//! policy", §5.4 "Attestation report layout", §5.6 "RA-TLS"):
 //!
 //! 1. `certificate`: the certificate in the response is the handshake's;
 //! 2. `report_data`: REPORT_DATA = SHA-512("vellum-ratls-v1" || SHA-256(SPKI)

@@ -1,5 +1,5 @@
 //! SNP attestation reports through the guest-request protocol (MSG_REPORT_REQ,
-//! SNP firmware ABI 56860 "Guest messages"; `snp-reference.md` §5).
+//! SNP firmware ABI 56860 "Guest messages"; `docs/snp-reference.md` §5.2, §5.3).
 //!
 //! The rules live in `vellum_boot::snp::guest_msg::GuestChannel` (host-tested):
 //! a sequence number is taken before a message leaves the guest and is never

@@ -20,7 +20,7 @@
  *    VCEK extensions 1.3.6.1.4.1.3704.1.x, and AMD's real Milan ARK, ASK and
  *    VCEK (image/tests/data/amd-milan/), whose structure is copied field by
  *    field (names, serials, extensions, their order and encodings);
- *  - the Vellum reference notes (shared/docs/snp-reference.md §5) and the
+ *  - Vellum's docs/snp-reference.md §5 "Attestation" and the
  *    repository's guest (boot/src/snp/guest_msg.rs, kernel/src/attest.rs)
  *    and verifier (image/src/verify/), which must accept what this file
  *    produces;
@@ -860,7 +860,7 @@ enum {
 
 /*
  * ATTESTATION_REPORT (56860 table "ATTESTATION_REPORT Structure"), version 3;
- * snp-reference.md §5 "Report layout".
+ * docs/snp-reference.md §5.4 "Attestation report layout".
  */
 #define R_VERSION 0x00
 #define R_GUEST_SVN 0x04

@@ -10,7 +10,7 @@
  *    "Secrets Page" layout;
  *  - AMD APM vol. 2 (24593) appendix B, table B-4 "VMSA Layout, State Save
  *    Area for SEV-ES";
- *  - the Vellum reference notes (shared/docs/snp-reference.md §3, §5) and the
+ *  - Vellum's docs/snp-reference.md §3 and §5.1, and the
  *    repository's Rust measurement (image/src/snp/), which this file must
  *    agree with byte for byte.
  *
@@ -99,7 +99,7 @@ static int sha384(const uint8_t *data, size_t len, uint8_t out[SNP_DIGEST_LEN])
 /*
  * KVM hands each VMSA to SNP_LAUNCH_UPDATE with an all-ones GFN, so the
  * firmware records GPA 0xFFFFFFFFF000 (all ones, page aligned, 52 bits) for
- * every VMSA page (snp-reference.md §3; sev-snp-measure and the Rust
+ * every VMSA page (docs/snp-reference.md §3.1; sev-snp-measure and the Rust
  * measurement agree).
  */
 #define SNP_VMSA_GPA 0xFFFFFFFFF000ULL
@@ -534,7 +534,7 @@ out:
 /* ---------------------------------------------------------------- secrets */
 
 /*
- * Secrets page, version 3 (56860 "Secrets Page"; snp-reference.md §5):
+ * Secrets page, version 3 (56860 "Secrets Page"; docs/snp-reference.md §5.1):
  *   0x00 u32 VERSION, 0x04 u32 IMI_EN (bit 0), 0x08 u32 FMS, 0x0C reserved,
  *   0x10 GOSVW[16], 0x20 VMPCK0[32], 0x40 VMPCK1, 0x60 VMPCK2, 0x80 VMPCK3,
  *   0xA0 guest OS area, 0x100 VMSA tweak bitmap, 0x140 guest area 1,

@@ -157,7 +157,7 @@ static bool same_file(const char *a, const char *b)
 
 /* ---------------------------------------------------------------- the guest */
 
-/* Guest message header (56860 §7; snp-reference.md §5). */
+/* Guest message header (56860 §7; docs/snp-reference.md §5.2). */
 #define REPORT_LEN 0x4A0
 #define RSP_LEN (0x20 + REPORT_LEN)
 

@@ -164,7 +164,7 @@ static void sha384(const uint8_t *d, size_t len, uint8_t out[48])
 
 /*
  * A GUID's bytes as stored in firmware tables: the first three fields
- * little-endian, the last two as written (snp-reference.md §1.2).
+ * little-endian, the last two as written (docs/snp-reference.md §1.2).
  */
 static void guid_bytes(const char *text, uint8_t out[16])
 {
@@ -204,7 +204,10 @@ typedef struct Image {
     int nsec;
 } Image;
 
-/* The data of the table entry with `guid`, or NULL (snp-reference.md §1.2). */
+/*
+ * The data of the table entry with `guid`, or NULL
+ * (docs/snp-reference.md §1.2).
+ */
 static const uint8_t *table_entry(const Image *im, const char *guid,
                                   size_t *len)
 {
@@ -282,7 +285,10 @@ static void seg(SnpVmsaSeg *s, uint16_t sel, uint16_t attrib, uint32_t limit,
     s->base = base;
 }
 
-/* QEMU's x86 reset state as KVM puts it in a VMSA (snp-reference.md §1.5). */
+/*
+ * QEMU's x86 reset state as KVM puts it in a VMSA
+ * (docs/snp-reference.md §1.5).
+ */
 static void reset_state(SnpVmsaState *s, uint32_t reset_addr, uint32_t sig)
 {
     memset(s, 0, sizeof(*s));
@@ -311,7 +317,10 @@ static void reset_state(SnpVmsaState *s, uint32_t reset_addr, uint32_t sig)
     s->sev_features = 0x1;
 }
 
-/* The launch digest as QEMU 10 + KVM drive the firmware (reference §1.4). */
+/*
+ * The launch digest as QEMU 10 + KVM drive the firmware
+ * (docs/snp-reference.md §1.4).
+ */
 static bool measure(const Image *im, int vcpus, uint32_t sig,
                     uint8_t image_ld[48], uint8_t ld[48])
 {

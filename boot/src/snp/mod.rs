@@ -26,8 +26,8 @@
 //! exception: a failed guest request (attestation) burns VMPCK0
 //! ([`guest_msg::GuestChannel`]) and the guest keeps serving without reports.
 //!
-//! Sources are cited per module; `/work/shared/docs/snp-reference.md` collects
-//! the numbers (its § numbers are quoted as "reference §n").
+//! Sources are cited per module; `docs/snp-reference.md` collects the numbers
+//! with their sources (its § numbers are quoted as "reference §n").
 
 pub mod cpuid;
 pub mod ghcb;

@@ -2,7 +2,7 @@
 //!
 //! QEMU's SEV-ES/SNP reset state puts the model's CPUID Fn0000_0001_EAX
 //! (family/model/stepping signature) into RDX of every VMSA, so the signature is
-//! a launch-digest input (`snp-reference.md` §1.5, §3). The names and
+//! a launch-digest input (`docs/snp-reference.md` §1.5, §3.2). The names and
 //! family/model/stepping triples are the ones sev-snp-measure 0.0.13 lists, plus
 //! QEMU 10's EPYC-Rome-v4; each was checked against QEMU 10.0.2's own models
 //! (`qom-get` of family/model/stepping; `measure_crosscheck.rs` repeats that
@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn known_signatures() {
-        // Values from snp-reference.md §1.5 / §3 and the QEMU model table.
+        // Values from docs/snp-reference.md §1.5 and the QEMU model table.
         assert_eq!(vcpu_type("EPYC").unwrap().signature, 0x0080_0f12);
         assert_eq!(vcpu_type("EPYC-v4").unwrap().signature, 0x0080_0f12);
         assert_eq!(vcpu_type("EPYC-Rome").unwrap().signature, 0x0083_0f10);

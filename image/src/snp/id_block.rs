@@ -15,7 +15,8 @@
 //!   field; a public key is `u32 CURVE (2 = P-384) | QX[72] | QY[72]`,
 //!   little-endian, zero-padded, in a 1028-byte field.
 //!
-//! `snp-reference.md` §3 has the layout with sources; sev-snp-measure's
+//! `docs/snp-reference.md` §3.3 "ID block and ID authentication" has the
+//! layout with sources; sev-snp-measure's
 //! `snp-create-id-block` produces the same structure (the tests compare them).
 #![forbid(unsafe_code)]
 

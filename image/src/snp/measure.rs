@@ -1,6 +1,7 @@
 //! The SNP launch digest of a Vellum `-bios` image as QEMU 10 launches it.
 //!
-//! Order (QEMU 10.0.2 `target/i386/sev.c`, `snp-reference.md` §1.4 and §3):
+//! Order (QEMU 10.0.2 `target/i386/sev.c`; `docs/snp-reference.md` §1.4 "Launch
+//! sequence and measurement order" and §3.2):
 //! 1. the whole image as NORMAL pages at GPA `4 GiB - size + offset`
 //!    (`sev_encrypt_flash`);
 //! 2. the ASEV metadata sections in table order (`sev_snp_launch_finish`):
@@ -164,7 +165,7 @@ pub struct Measurement {
 }
 
 /// The PAGE_TYPE QEMU 10 gives a metadata section (sev.c `snp_page_type`
-/// mapping; `snp-reference.md` §1.3).
+/// mapping; `docs/snp-reference.md` §1.3).
 pub fn section_page_type(kind: SectionType) -> PageType {
     match kind {
         SectionType::SecMem => PageType::Zero,

@@ -2,7 +2,7 @@
 //!
 //! - [`launch_digest`] / [`measure()`]: the digest the AMD-SP computes when QEMU 10
 //!   launches `-bios <image>` as an SNP guest (SNP FW ABI 56860 §8.17
-//!   SNP_LAUNCH_UPDATE / §8.18 SNP_LAUNCH_FINISH; `snp-reference.md` §1.4, §3);
+//!   SNP_LAUNCH_UPDATE / §8.18 SNP_LAUNCH_FINISH; `docs/snp-reference.md` §1.4, §3);
 //! - [`id_block`]: the ID block and ID authentication structure for
 //!   SNP_LAUNCH_FINISH (56860 §8.18);
 //! - [`cli_measure`] / [`cli_id_block`]: the `image measure` and `image id-block`

@@ -4,8 +4,8 @@
 //! (Table 67 "Layout of the PAGE_INFO Structure" in revision 1.51): for each page
 //! the firmware hashes, SHA-384, a 0x70-byte PAGE_INFO whose first field is the
 //! current launch digest, and the result becomes the new digest. The digest
-//! starts as 48 zero bytes. `snp-reference.md` §3 lists the page types and what
-//! CONTENTS holds for each.
+//! starts as 48 zero bytes. `docs/snp-reference.md` §3.1 "PAGE_INFO and the
+//! digest chain" lists the page types and what CONTENTS holds for each.
 #![forbid(unsafe_code)]
 
 use sha2::{Digest, Sha384};

@@ -5,7 +5,7 @@
 //! Save Area for SEV-ES" (segment registers as in Table B-1's VMCB segment
 //! format: selector, attrib, limit, base). The SNP firmware ABI (56860) §8.17
 //! measures the page as PAGE_TYPE VMSA. Only the fields QEMU's x86 reset state
-//! sets are non-zero (`snp-reference.md` §1.5):
+//! sets are non-zero (`docs/snp-reference.md` §1.5 "Initial vCPU state"):
 //!
 //! - segments: CS selector 0xF000, attrib 0x9B; ES/SS/DS/FS/GS attrib 0x93;
 //!   LDTR 0x82; TR 0x8B; all limits 0xFFFF; GDTR/IDTR limit 0xFFFF;

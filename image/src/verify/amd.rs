@@ -1,7 +1,8 @@
 //! AMD's certificate chain (ARK → ASK → VCEK) and the report signature.
 //!
 //! The chain as AMD's Key Distribution Service issues it (and `snpguest fetch
-//! ca` / `snpguest fetch vcek` store it, `snp-reference.md` §5):
+//! ca` / `snpguest fetch vcek` store it; `docs/snp-reference.md` §5.5 "AMD's
+//! certificate chain"):
 //! - ARK: AMD Root Key, self-signed, RSA-4096, RSASSA-PSS with SHA-384;
 //! - ASK: AMD SEV Key, RSA-4096, signed by the ARK (RSASSA-PSS SHA-384);
 //! - VCEK: the chip- and TCB-specific P-384 key, signed by the ASK

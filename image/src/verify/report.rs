@@ -1,7 +1,8 @@
 //! The SEV-SNP attestation report: field offsets and the signature field.
 //!
 //! Layout: SNP ABI (AMD 56860) Table 23 "ATTESTATION_REPORT Structure",
-//! `snp-reference.md` §5 "Report layout". All integers are little-endian.
+//! `docs/snp-reference.md` §5.4 "Attestation report layout" (a test checks
+//! these offsets against that table). All integers are little-endian.
 #![forbid(unsafe_code)]
 
 use p384::FieldBytes;

@@ -41,68 +41,188 @@ fn words(s: &str) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------
-// Report layout
+// Report layout, checked against the repository's SEV-SNP reference
 
-/// The report table of snp-reference.md §5 ("Report layout"), as
-/// (offset, name): the offsets the verifier uses must match it.
-const DOC_TABLE: &[(usize, &str)] = &[
-    (0x00, "version"),
-    (0x04, "guest_svn"),
-    (0x08, "policy"),
-    (0x10, "family_id"),
-    (0x20, "image_id"),
-    (0x30, "vmpl"),
-    (0x34, "sig_algo"),
-    (0x38, "current_tcb"),
-    (0x40, "platform_info"),
-    (0x48, "flags"),
-    (0x50, "report_data"),
-    (0x90, "measurement"),
-    (0xC0, "host_data"),
-    (0xE0, "id_key_digest"),
-    (0x110, "author_key_digest"),
-    (0x140, "report_id"),
-    (0x180, "reported_tcb"),
-    (0x1A0, "chip_id"),
-    (0x1E0, "committed_tcb"),
-    (0x1F0, "launch_tcb"),
-    (0x2A0, "signature"),
-];
+/// Where the report layout is documented (`docs/snp-reference.md` §5.4).
+fn snp_reference_path() -> PathBuf {
+    manifest_dir().join("../docs/snp-reference.md")
+}
 
-fn ours(name: &str) -> usize {
-    match name {
-        "version" => off::VERSION,
-        "guest_svn" => off::GUEST_SVN,
-        "policy" => off::POLICY,
-        "family_id" => off::FAMILY_ID,
-        "image_id" => off::IMAGE_ID,
-        "vmpl" => off::VMPL,
-        "sig_algo" => off::SIGNATURE_ALGO,
-        "current_tcb" => off::CURRENT_TCB,
-        "platform_info" => off::PLATFORM_INFO,
-        "flags" => off::FLAGS,
-        "report_data" => off::REPORT_DATA,
-        "measurement" => off::MEASUREMENT,
-        "host_data" => off::HOST_DATA,
-        "id_key_digest" => off::ID_KEY_DIGEST,
-        "author_key_digest" => off::AUTHOR_KEY_DIGEST,
-        "report_id" => off::REPORT_ID,
-        "reported_tcb" => off::REPORTED_TCB,
-        "chip_id" => off::CHIP_ID,
-        "committed_tcb" => off::COMMITTED_TCB,
-        "launch_tcb" => off::LAUNCH_TCB,
-        "signature" => off::SIGNATURE,
-        other => panic!("no offset for {other}"),
+/// The text of `docs/snp-reference.md`; a missing file fails the test.
+fn snp_reference() -> String {
+    let path = snp_reference_path();
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{} cannot be read ({e}): the report layout is checked against the table in \
+             docs/snp-reference.md, which must be in the repository",
+            path.display()
+        )
+    })
+}
+
+/// The cells of a markdown table row, trimmed and without backticks.
+fn table_cells(line: &str) -> Vec<String> {
+    line.trim()
+        .trim_matches('|')
+        .split('|')
+        .map(|c| c.trim().trim_matches('`').to_string())
+        .collect()
+}
+
+/// The rows of the first table in the section whose heading ends with
+/// `heading` and whose first header cells are `columns`. Fails the test with
+/// a sentence naming what is missing.
+fn doc_table(doc: &str, heading: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let lines: Vec<&str> = doc.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with('#') && l.trim_end().ends_with(heading))
+        .unwrap_or_else(|| panic!("docs/snp-reference.md has no section headed \"{heading}\""));
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with('#'))
+        .map_or(lines.len(), |n| start + 1 + n);
+    let is_header = |l: &str| {
+        let cells = table_cells(l);
+        l.trim_start().starts_with('|')
+            && cells.len() >= columns.len()
+            && cells
+                .iter()
+                .zip(columns)
+                .all(|(c, want)| c.eq_ignore_ascii_case(want))
+    };
+    let header = (start + 1..end)
+        .find(|&i| is_header(lines[i]))
+        .unwrap_or_else(|| {
+            panic!(
+                "section \"{heading}\" of docs/snp-reference.md has no table with the columns \
+                 {columns:?}"
+            )
+        });
+    assert!(
+        lines
+            .get(header + 1)
+            .is_some_and(|l| l.trim_start().starts_with("|-")),
+        "the table in section \"{heading}\" of docs/snp-reference.md has no separator row \
+         under its header"
+    );
+    let rows: Vec<Vec<String>> = lines[header + 2..end]
+        .iter()
+        .take_while(|l| l.trim_start().starts_with('|'))
+        .map(|l| table_cells(l))
+        .collect();
+    assert!(
+        !rows.is_empty(),
+        "the table in section \"{heading}\" of docs/snp-reference.md has no rows"
+    );
+    for row in &rows {
+        assert!(
+            row.len() >= columns.len(),
+            "a row of the table in section \"{heading}\" of docs/snp-reference.md has fewer \
+             cells than the header: {row:?}"
+        );
     }
+    rows
+}
+
+/// A hexadecimal (`0x..`) or decimal cell of the documented tables.
+fn doc_number(cell: &str, what: &str) -> usize {
+    let cell = cell.replace('_', "");
+    let parsed = match cell.strip_prefix("0x") {
+        Some(hex) => usize::from_str_radix(hex, 16),
+        None => cell.parse(),
+    };
+    parsed.unwrap_or_else(|_| {
+        panic!("docs/snp-reference.md: {what} is \"{cell}\", which is not a number")
+    })
+}
+
+/// The report fields the verifier uses: the name in the documented table,
+/// the offset from `report::off`, and the size `report.rs` reads there.
+fn verifier_report_fields() -> [(&'static str, usize, usize); 22] {
+    [
+        ("version", off::VERSION, 4),
+        ("guest_svn", off::GUEST_SVN, 4),
+        ("policy", off::POLICY, 8),
+        ("family_id", off::FAMILY_ID, 16),
+        ("image_id", off::IMAGE_ID, 16),
+        ("vmpl", off::VMPL, 4),
+        ("signature_algo", off::SIGNATURE_ALGO, 4),
+        ("current_tcb", off::CURRENT_TCB, 8),
+        ("platform_info", off::PLATFORM_INFO, 8),
+        ("flags", off::FLAGS, 4),
+        ("report_data", off::REPORT_DATA, off::REPORT_DATA_LEN),
+        ("measurement", off::MEASUREMENT, off::MEASUREMENT_LEN),
+        ("host_data", off::HOST_DATA, 32),
+        ("id_key_digest", off::ID_KEY_DIGEST, 48),
+        ("author_key_digest", off::AUTHOR_KEY_DIGEST, 48),
+        ("report_id", off::REPORT_ID, 32),
+        ("reported_tcb", off::REPORTED_TCB, 8),
+        ("chip_id", off::CHIP_ID, off::CHIP_ID_LEN),
+        ("committed_tcb", off::COMMITTED_TCB, 8),
+        ("launch_tcb", off::LAUNCH_TCB, 8),
+        ("signature_r", off::SIG_R, off::SIG_PARAM_LEN),
+        ("signature_s", off::SIG_S, off::SIG_PARAM_LEN),
+    ]
 }
 
 #[test]
-fn report_offsets_match_the_reference_table() {
-    for &(at, name) in DOC_TABLE {
-        assert_eq!(ours(name), at, "{name}");
+fn report_layout_matches_docs_snp_reference() {
+    let doc = snp_reference();
+
+    // §5.4: `field | offset | size | contents`, covering the whole report.
+    let rows: Vec<(String, usize, usize)> = doc_table(
+        &doc,
+        "Attestation report layout",
+        &["field", "offset", "size"],
+    )
+    .into_iter()
+    .map(|r| {
+        let offset = doc_number(&r[1], &format!("the offset of report field {}", r[0]));
+        let size = doc_number(&r[2], &format!("the size of report field {}", r[0]));
+        (r[0].clone(), offset, size)
+    })
+    .collect();
+    let mut next = 0;
+    for (name, offset, size) in &rows {
+        assert_eq!(
+            *offset, next,
+            "docs/snp-reference.md §5.4: report field {name} is at {offset:#x}, but the field \
+             before it ends at {next:#x} (the table must cover the report without gaps or \
+             overlaps)"
+        );
+        next = offset + size;
     }
-    // Doc: "R 72 B LE at 0x2A0, S 72 B LE at 0x2E8; total 0x4A0",
-    // report_data[64], measurement[48], chip_id[64], signed bytes [0, 0x2A0).
+    assert_eq!(
+        next, REPORT_LEN,
+        "docs/snp-reference.md §5.4 ends at {next:#x}, but the verifier's report is \
+         {REPORT_LEN:#x} bytes"
+    );
+    for (name, offset, size) in verifier_report_fields() {
+        let documented: Vec<_> = rows.iter().filter(|(n, _, _)| n == name).collect();
+        assert!(
+            !documented.is_empty(),
+            "docs/snp-reference.md §5.4 has no row for report field {name}, which the verifier \
+             reads at {offset:#x}"
+        );
+        assert_eq!(
+            documented.len(),
+            1,
+            "docs/snp-reference.md §5.4 has more than one row for report field {name}"
+        );
+        let (_, doc_offset, doc_size) = documented[0];
+        assert_eq!(
+            (*doc_offset, *doc_size),
+            (offset, size),
+            "report field {name}: docs/snp-reference.md §5.4 says offset {doc_offset:#x}, size \
+             {doc_size}; the verifier uses offset {offset:#x}, size {size}"
+        );
+    }
+    // The signed bytes end where the signature starts.
+    assert_eq!(off::SIGNATURE, off::SIG_R);
+
+    // The same facts as literals, so that a change to both the code and the
+    // doc still has to be deliberate.
     assert_eq!(
         (off::SIG_R, off::SIG_S, off::SIG_PARAM_LEN),
         (0x2A0, 0x2E8, 72)
@@ -116,37 +236,39 @@ fn report_offsets_match_the_reference_table() {
     assert_eq!(report::POLICY_DEBUG, 1 << 19);
     assert_eq!(report::POLICY_RESERVED_ONE, 1 << 17);
 
-    // Cross-check with the document itself when shared/ is beside the repo.
-    let doc = manifest_dir().join("../../shared/docs/snp-reference.md");
-    let Ok(text) = std::fs::read_to_string(&doc) else {
-        eprintln!(
-            "note: {} not found; checked the copied table only",
-            doc.display()
+    // §2: the policy bits the verifier tests.
+    let policy = doc_table(&doc, "Guest policy", &["bit", "name", "meaning"]);
+    for (name, mask) in [
+        ("SMT", report::POLICY_SMT),
+        ("RESERVED", report::POLICY_RESERVED_ONE),
+        ("MIGRATE_MA", report::POLICY_MIGRATE_MA),
+        ("DEBUG", report::POLICY_DEBUG),
+        ("SINGLE_SOCKET", report::POLICY_SINGLE_SOCKET),
+    ] {
+        let row = policy
+            .iter()
+            .find(|r| r[1] == name)
+            .unwrap_or_else(|| panic!("docs/snp-reference.md §2 lacks policy bit {name}"));
+        let bit = doc_number(&row[0], &format!("the bit of policy flag {name}"));
+        assert_eq!(
+            1u64 << bit,
+            mask,
+            "policy bit {name}: docs/snp-reference.md §2 says bit {bit}; the verifier uses \
+             {mask:#x}"
         );
-        return;
-    };
-    let start = text
-        .find("**Report layout**")
-        .expect("report layout in the doc");
-    let section = &text[start..start + text[start..].find("Signed bytes").expect("end")];
-    let cleaned = section.replace(['*', ',', ';', '(', ')'], " ");
-    let tokens: Vec<&str> = cleaned.split_whitespace().collect();
-    let mut found = 0;
-    for pair in tokens.windows(2) {
-        let Some(h) = pair[0].strip_prefix("0x") else {
-            continue;
-        };
-        let Ok(at) = usize::from_str_radix(h, 16) else {
-            continue;
-        };
-        let name = pair[1].split('[').next().unwrap_or("");
-        if let Some(&(want, _)) = DOC_TABLE.iter().find(|(_, n)| *n == name) {
-            assert_eq!(at, want, "doc says {name} at {at:#x}");
-            assert_eq!(ours(name), at, "{name}");
-            found += 1;
-        }
     }
-    assert!(found >= 18, "only {found} fields found in the doc");
+    let reserved = policy
+        .iter()
+        .find(|r| r[1] == "RESERVED")
+        .expect("checked above");
+    assert!(
+        reserved[2].contains("must be 1"),
+        "docs/snp-reference.md §2 does not say that the reserved policy bit must be 1"
+    );
+    assert_eq!(
+        id_block::DEFAULT_POLICY,
+        report::POLICY_SMT | report::POLICY_RESERVED_ONE
+    );
 }
 
 // ---------------------------------------------------------------------------
