@@ -91,31 +91,41 @@ fn openssl_negotiates_tls13_with_aes_gcm() {
     assert!(out.contains("Protocol version: TLSv1.2"), "{out}");
 }
 
-/// Python's ssl module (OpenSSL) as the TLS echo client: 4 MiB, byte-exact.
+/// Python's ssl module (OpenSSL) as the TLS echo client: 4 MiB, byte-exact,
+/// sent and received at once. One thread (asyncio): OpenSSL's connection
+/// object must not be read and written from two threads at once, and a
+/// client that did so failed now and then with "[SSL] internal error".
 const PY_TLS_ECHO: &str = r#"
-import hashlib, socket, ssl, sys, threading
+import asyncio, ssl, sys
 port = int(sys.argv[1]); n = 4 << 20
 data = bytes((i * 2654435761 >> 13) & 0xff for i in range(n))
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=120))
-got = bytearray(); why = ["complete"]
-def reader():
-    try:
+async def main():
+    r, w = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, ssl=ctx), 60)
+    got = bytearray()
+    async def send():
+        for i in range(0, n, 65536):
+            w.write(data[i:i + 65536])
+            await w.drain()
+    async def receive():
         while len(got) < n:
-            b = s.recv(65536)
+            b = await r.read(65536)
             if not b:
-                why[0] = "end of stream"
-                break
+                return "end of stream"
             got.extend(b)
+        return "complete"
+    try:
+        _, why = await asyncio.wait_for(asyncio.gather(send(), receive()), 120)
     except Exception as e:
-        why[0] = repr(e)
-t = threading.Thread(target=reader); t.start()
-s.sendall(data)
-t.join()
-print(s.version(), s.cipher()[0], len(got), got == data)
-print("reader stopped:", why[0], file=sys.stderr)
+        why = repr(e)
+    t = w.get_extra_info("ssl_object")
+    print(t.version(), t.cipher()[0], len(got), got == data)
+    print("reader stopped:", why, file=sys.stderr)
+    w.close()
+asyncio.run(main())
 "#;
 
 #[test]
