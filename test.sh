@@ -42,6 +42,9 @@ t0=$(date +%s)
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "unsafe only where docs/ARCHITECTURE.md allows it"
+scripts/check-unsafe.sh
+
 step "clippy, host crates"
 cargo clippy $LOCKED --workspace --all-targets -q -- -D warnings
 

@@ -27,8 +27,8 @@ use vellum_boot::{
 /// VMGEXITs of this stage, by kind.
 pub static EXITS: ExitCounters = ExitCounters::new();
 
-/// GPA of the GHCB: the first page of the shared pool.
-pub const GHCB_GPA: u64 = layout::POOL_BASE;
+/// GPA of the GHCB: its page of the shared pool (`layout::pool_pages`).
+pub const GHCB_GPA: u64 = layout::pool_page(layout::pool_pages::GHCB);
 
 /// Reads the GHCB MSR.
 pub fn read_ghcb_msr() -> u64 {

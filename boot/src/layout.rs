@@ -147,6 +147,28 @@ pub const POOL_SIZE: u64 = 0x10_0000;
 /// End of the shared-page pool.
 pub const POOL_END: u64 = POOL_BASE + POOL_SIZE;
 
+/// Who owns each page of the pool, as page numbers from [`POOL_BASE`]: the
+/// one list. The kernel's `pool::split` hands out one typed part per owner;
+/// nothing else forms a pool address.
+pub mod pool_pages {
+    /// The GHCB: boot shares and registers it first, both stages use it under
+    /// SEV-SNP. Boot relies on it being page 0 (it shares it on its own, then
+    /// the rest of the pool in one page-state change).
+    pub const GHCB: u64 = 0;
+    /// The SNP guest-request page (the sealed request goes out here).
+    pub const GUEST_REQUEST: u64 = 1;
+    /// The SNP guest-response page (the sealed response comes back here).
+    pub const GUEST_RESPONSE: u64 = 2;
+    /// First page of the NIC region (virtio rings and packet buffers), which
+    /// runs to the end of the pool.
+    pub const NIC: u64 = 3;
+}
+
+/// Guest-physical address of pool page `page` (see [`pool_pages`]).
+pub const fn pool_page(page: u64) -> u64 {
+    POOL_BASE + page * PAGE_SIZE
+}
+
 /// Lowest address a kernel segment may be loaded at (its link base).
 pub const KERNEL_BASE: u64 = 0x20_0000;
 /// Kernel segments plus stack must end below this.
@@ -191,6 +213,9 @@ const _: () = {
     assert!(LEGACY_HOLE_END <= KERNEL_BASE);
     assert!(LEGACY_HOLE_END <= POOL_BASE && POOL_END <= KERNEL_BASE);
     assert!(POOL_BASE.is_multiple_of(PAGE_SIZE) && POOL_SIZE.is_multiple_of(PAGE_SIZE));
+    assert!(pool_pages::GHCB == 0 && pool_pages::GUEST_REQUEST == 1);
+    assert!(pool_pages::GUEST_RESPONSE == 2 && pool_pages::NIC == 3);
+    assert!(pool_page(pool_pages::NIC) < POOL_END);
     assert!(SNP_CPUID_PAGE + PAGE_SIZE <= SEC_MEM_START);
     assert!(SNP_SECRETS_PAGE + PAGE_SIZE <= SNP_CPUID_PAGE);
     assert!(FW_TABLE_START > REAL_MODE_WINDOW);

@@ -17,49 +17,45 @@
 //! every later request gets [`AttestError::Disabled`] (`503` on
 //! `/attestation`).
 
-use crate::{clock, sev};
+use crate::{clock, pool::GuestMsgPages, sev};
 use alloc::boxed::Box;
-use core::intrinsics::volatile_copy_nonoverlapping_memory;
-use spin::Mutex;
-use vellum_boot::{
-    layout,
-    snp::{
-        ghcb::GuestRequestStatus,
-        guest_msg::{
-            BusyPolicy, GuestChannel, GuestMsgError, GuestRequestHost, MSG_PAGE_SIZE, REPORT_SIZE,
-        },
+use spin::{Mutex, Once};
+use vellum_boot::snp::{
+    ghcb::GuestRequestStatus,
+    guest_msg::{
+        BusyPolicy, GuestChannel, GuestMsgError, GuestRequestHost, MSG_PAGE_SIZE, REPORT_SIZE,
     },
 };
 use vellum_crypto::{AttestError, snp::VmpckAead};
 
 /// The guest-request channel under VMPCK0, made on the first request.
 static CHANNEL: Mutex<Option<Box<GuestChannel<VmpckAead>>>> = Mutex::new(None);
+/// The pool's guest-request and response pages (given once by [`init`]).
+static PAGES: Once<Mutex<GuestMsgPages>> = Once::new();
 
-fn shared_page(pool_offset: u64) -> *mut u8 {
-    (layout::POOL_BASE + pool_offset) as *mut u8
+/// Takes the pool's guest-message pages (call once, before any report).
+pub fn init(pages: GuestMsgPages) {
+    PAGES.call_once(|| Mutex::new(pages));
 }
 
-/// The host side of a guest request (`GuestRequestHost`'s contract).
+/// The host side of a guest request (`GuestRequestHost`'s contract), over the
+/// pool's guest-message pages.
 #[derive(Debug)]
-struct Host;
+struct Host<'a> {
+    pages: &'a mut GuestMsgPages,
+}
 
-impl GuestRequestHost for Host {
+impl GuestRequestHost for Host<'_> {
     fn send(&mut self, request: &[u8; MSG_PAGE_SIZE]) -> GuestRequestStatus {
-        let req = shared_page(sev::GUEST_REQUEST_PAGE);
-        // SAFETY: pool page 1 is reserved for guest requests (the NIC driver's
-        // range starts after the reserved pages); it is shared, identity-mapped
-        // and page-sized; the copy is volatile (the host may read it at any
-        // time) and reads only the private `request`.
-        unsafe { volatile_copy_nonoverlapping_memory(req, request.as_ptr(), MSG_PAGE_SIZE) };
-        sev::guest_request(req as u64, shared_page(sev::GUEST_RESPONSE_PAGE) as u64)
+        // One copy out of private memory; the host may read the page at any time.
+        self.pages.write_request(request);
+        let (req, resp) = self.pages.gpas();
+        sev::guest_request(req, resp)
     }
 
     fn receive(&mut self, response: &mut [u8; MSG_PAGE_SIZE]) {
-        let resp = shared_page(sev::GUEST_RESPONSE_PAGE);
-        // SAFETY: pool page 2 is reserved for guest-request responses (as
-        // above); one volatile copy into private memory, which is all that is
-        // parsed afterwards.
-        unsafe { volatile_copy_nonoverlapping_memory(response.as_mut_ptr(), resp, MSG_PAGE_SIZE) };
+        // One copy into private memory, which is all that is parsed afterwards.
+        self.pages.read_response(response);
     }
 
     fn now_us(&mut self) -> u64 {
@@ -102,9 +98,15 @@ pub fn report(report_data: &[u8; 64]) -> Result<[u8; REPORT_SIZE], AttestError> 
     if !sev::is_snp() {
         return Err(AttestError::NotSnp);
     }
+    let Some(pages) = PAGES.get() else {
+        // The kernel gives the pages before it serves (a bug otherwise).
+        return Err(AttestError::Failed);
+    };
+    let mut pages = pages.lock();
     let mut guard = CHANNEL.lock();
     let channel = guard.get_or_insert_with(|| Box::new(open_channel()));
-    match channel.report(&mut Host, report_data, 0) {
+    let mut host = Host { pages: &mut pages };
+    match channel.report(&mut host, report_data, 0) {
         Ok(report) => Ok(report),
         Err(GuestMsgError::KeyBurnt) => Err(AttestError::Disabled),
         Err(e) => {

@@ -152,9 +152,10 @@ mod kmain {
 
         // SAFETY: boot reserved this range for the pool (the memory plan just
         // checked no usable region overlaps it), made it shared under SEV-SNP,
-        // and nothing else in the kernel uses it; this is the only Pool.
-        let pool = unsafe { crate::pool::Pool::new(pool) };
-        match crate::net::run(pool, handoff.sev_status & 4 != 0) {
+        // and nothing else in the kernel uses it; it is split only here.
+        let parts = unsafe { crate::pool::split(pool) };
+        crate::attest::init(parts.guest_msg);
+        match crate::net::run(parts.nic, handoff.sev_status & 4 != 0) {
             Ok(()) => unreachable!("the network loop does not return"),
             Err(e) => {
                 log::warn!("network: {e}; serving nothing");

@@ -4,7 +4,7 @@
 use crate::{
     arch::{cpu, port::ports},
     clock, heap, pci,
-    pool::Pool,
+    pool::SharedRegion,
 };
 use alloc::boxed::Box;
 use smoltcp::{time::Instant, wire::EthernetAddress};
@@ -22,10 +22,6 @@ const VIRTIO_VENDOR: u16 = 0x1AF4;
 const VIRTIO_NET_LEGACY: u16 = 0x1000;
 /// Where the kernel places the device's I/O BAR (no firmware assigns BARs).
 const VIRTIO_IO_BASE: u16 = 0xC000;
-
-/// Pool pages the kernel keeps for itself before the driver's rings and
-/// buffers: the GHCB and the SNP guest-request and response pages.
-pub const POOL_RESERVED: usize = 3 * layout::PAGE_SIZE as usize;
 
 /// The legacy virtio I/O BAR; every access leaves the guest (an I/O exit; a
 /// GHCB IOIO exit under SEV-SNP) and is counted.
@@ -66,7 +62,7 @@ fn now() -> Instant {
 }
 
 /// Brings up the NIC and serves forever. Returns only if there is no NIC.
-pub fn run(pool: Pool, snp: bool) -> Result<(), &'static str> {
+pub fn run(pool: SharedRegion, snp: bool) -> Result<(), &'static str> {
     let Some(f) = pci::find(VIRTIO_VENDOR, VIRTIO_NET_LEGACY) else {
         return Err("no virtio-net (legacy/transitional) PCI device");
     };
@@ -81,8 +77,8 @@ pub fn run(pool: Pool, snp: bool) -> Result<(), &'static str> {
         bar_size
     );
     let config = virtio::Config {
-        // 256 + 224 slots of 2 KiB and two 12 KiB rings fill the pool after
-        // the reserved pages (1,019,904 of 1,048,576 bytes). 128 TX slots ran
+        // 256 + 224 slots of 2 KiB and two 12 KiB rings fill the NIC's
+        // region of the pool (1,019,904 of 1,048,576 bytes). 128 TX slots ran
         // out under echo load (a full 256 KiB window is ~180 frames).
         rx_buffers: 256,
         tx_buffers: 224,
@@ -101,12 +97,14 @@ pub fn run(pool: Pool, snp: bool) -> Result<(), &'static str> {
         ..virtio::Config::default()
     };
     let end = vellum_net::shared::SharedMem::size(&pool);
+    // Where the NIC's region starts in the pool (for the log).
+    let pool_offset = (pool.gpa() - layout::POOL_BASE) as usize;
     let mut nic = match VirtioNet::new(
         pool,
         VirtioPorts {
             base: VIRTIO_IO_BASE,
         },
-        POOL_RESERVED,
+        0,
         end,
         config,
     ) {
@@ -120,8 +118,8 @@ pub fn run(pool: Pool, snp: bool) -> Result<(), &'static str> {
         l.rx_buf_count,
         l.tx_buf_count,
         l.tso_buf_count,
-        POOL_RESERVED,
-        l.end,
+        pool_offset,
+        pool_offset + l.end,
         nic.tx_checksum_offload(),
         nic.rx_checksum_offload(),
         nic.tso(),

@@ -1,46 +1,103 @@
 //! The shared-page pool: one contiguous, page-aligned range of guest memory at
 //! a fixed place in the layout (`vellum_boot::layout::POOL_BASE`), the only
-//! memory the host may ever read or write: page 0 the GHCB, pages 1-2 the SNP
-//! guest request and response, then the virtio rings and packet buffers.
+//! memory the host may ever read or write.
 //!
-//! Code outside this module cannot get a reference into the pool: [`Pool`]
-//! implements `vellum_net::shared::SharedMem`, which moves data by copies made
-//! with volatile accesses, and lends a `&mut [u8]` only for filling a TX buffer
-//! the driver owns. Boot makes the range shared before the kernel runs: under
-//! SEV-SNP it is never validated, is converted to shared with a page-state
-//! change, and is mapped without the C-bit; without SEV nothing needs doing.
+//! [`split`] cuts it once, at boot, into one typed part per owner, at the page
+//! numbers `vellum_boot::layout::pool_pages` assigns:
+//!
+//! | pages | owner | part |
+//! |---|---|---|
+//! | 0 | the GHCB (boot registered it; `sev::ghcb` reaches it) | not handed out here |
+//! | 1, 2 | SNP guest request and response (`attest`) | [`GuestMsgPages`] |
+//! | 3 .. end | the virtio-net driver's rings and buffers | [`SharedRegion`] |
+//!
+//! No other code forms a pool address. Code outside this module cannot get a
+//! reference into the pool: a [`SharedRegion`] implements
+//! `vellum_net::shared::SharedMem`, which moves data only by copies made with
+//! volatile accesses. Boot makes the range shared before the kernel runs:
+//! under SEV-SNP it is never validated, is converted to shared with a
+//! page-state change, and is mapped without the C-bit; without SEV nothing
+//! needs doing.
 
 use core::{
     intrinsics::volatile_copy_nonoverlapping_memory,
     ptr::{read_volatile, write_volatile},
     sync::atomic::{Ordering, fence},
 };
+use vellum_boot::{
+    layout::{self, PAGE_SIZE, pool_pages},
+    snp::guest_msg::MSG_PAGE_SIZE,
+};
 use vellum_kernel::memory::Range;
 use vellum_net::shared::SharedMem;
 
-/// The pool (the kernel creates exactly one).
+/// The parts of the pool the kernel hands out (the GHCB page stays with
+/// `sev`, which boot told where it is).
 #[derive(Debug)]
-pub struct Pool {
+pub struct PoolParts {
+    /// The SNP guest-request and response pages.
+    pub guest_msg: GuestMsgPages,
+    /// The NIC's region: virtio rings and packet buffers.
+    pub nic: SharedRegion,
+}
+
+/// Splits the pool into its owners' parts and zeroes them (not the GHCB page,
+/// which boot registered and which every GHCB call rewrites anyway).
+///
+/// # Safety
+/// `range` must be the pool `[POOL_BASE, POOL_END)`: identity-mapped RAM that
+/// nothing else uses for the rest of the kernel's life (the memory plan
+/// carves it out of the heap), already made shared by the platform; and this
+/// must be called once.
+pub unsafe fn split(range: Range) -> PoolParts {
+    assert!(
+        range.start == layout::POOL_BASE && range.end == layout::POOL_END,
+        "the shared pool is {:#x}..{:#x}, not where the layout puts it",
+        range.start,
+        range.end
+    );
+    let page = |p: u64| layout::pool_page(p);
+    // SAFETY: three disjoint page ranges (the layout's pool pages) inside
+    // `range`, which the caller hands over whole; each is made once, here.
+    let (request, response, nic) = unsafe {
+        (
+            SharedRegion::new(page(pool_pages::GUEST_REQUEST), PAGE_SIZE),
+            SharedRegion::new(page(pool_pages::GUEST_RESPONSE), PAGE_SIZE),
+            SharedRegion::new(
+                page(pool_pages::NIC),
+                layout::POOL_END - page(pool_pages::NIC),
+            ),
+        )
+    };
+    PoolParts {
+        guest_msg: GuestMsgPages { request, response },
+        nic,
+    }
+}
+
+/// One owned, contiguous piece of the pool, seen only through copies.
+/// Offsets are relative to the region's start.
+#[derive(Debug)]
+pub struct SharedRegion {
     base: *mut u8,
     size: usize,
 }
 
-impl Pool {
-    /// Takes ownership of `range` as the shared pool and zeroes it.
+impl SharedRegion {
+    /// Takes `size` bytes at `gpa` and zeroes them.
     ///
     /// # Safety
-    /// `range` must be identity-mapped RAM that nothing else uses for the rest
-    /// of the kernel's life (the memory plan carves it out of the heap), already
-    /// made shared by the platform, and this must be called once per range.
-    pub unsafe fn new(range: Range) -> Pool {
-        let pool = Pool {
-            base: range.start as *mut u8,
-            size: range.len() as usize,
+    /// The range must be identity-mapped shared RAM inside the pool, owned by
+    /// the caller for good and not overlapping any other region.
+    unsafe fn new(gpa: u64, size: u64) -> SharedRegion {
+        let r = SharedRegion {
+            base: gpa as *mut u8,
+            size: size as usize,
         };
-        // SAFETY: the caller hands us the whole range; zeroing it after the
+        // SAFETY: the caller hands us the whole range; zeroing after the
         // conversion is required anyway (a page-state change destroys contents).
-        unsafe { core::ptr::write_bytes(pool.base, 0, pool.size) };
-        pool
+        unsafe { core::ptr::write_bytes(r.base, 0, r.size) };
+        r
     }
 
     fn ptr(&self, offset: usize, len: usize) -> *mut u8 {
@@ -59,14 +116,44 @@ impl Pool {
         );
         p.cast()
     }
+
+    /// Guest-physical address of the region's start.
+    pub fn gpa(&self) -> u64 {
+        self.base as u64
+    }
 }
 
-// The pool pointer is a plain address of memory owned by the kernel for its
+/// The SNP guest-request and response pages: a sealed message is written to
+/// the request page with one copy, the response read out with one copy.
+#[derive(Debug)]
+pub struct GuestMsgPages {
+    request: SharedRegion,
+    response: SharedRegion,
+}
+
+impl GuestMsgPages {
+    /// Copies a sealed request into the request page.
+    pub fn write_request(&mut self, msg: &[u8; MSG_PAGE_SIZE]) {
+        self.request.write_bytes(0, msg);
+    }
+
+    /// Copies the response page into private memory (all that is parsed).
+    pub fn read_response(&self, out: &mut [u8; MSG_PAGE_SIZE]) {
+        self.response.read_bytes(0, out);
+    }
+
+    /// The pages' GPAs for the guest-request NAE: (request, response).
+    pub fn gpas(&self) -> (u64, u64) {
+        (self.request.gpa(), self.response.gpa())
+    }
+}
+
+// A region's pointer is a plain address of memory owned by the kernel for its
 // whole life; the data path is single-threaded.
 // SAFETY: no thread-affine state; access is serialised by `&mut` on writes.
-unsafe impl Send for Pool {}
+unsafe impl Send for SharedRegion {}
 
-impl SharedMem for Pool {
+impl SharedMem for SharedRegion {
     fn size(&self) -> usize {
         self.size
     }
@@ -116,17 +203,6 @@ impl SharedMem for Pool {
         unsafe { write_volatile(self.aligned::<u64>(offset), value) }
     }
 
-    fn fill<R>(&mut self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let p = self.ptr(offset, len);
-        // SAFETY: in range (checked). The driver only lends buffers it owns and
-        // has not posted, so by protocol the device does not touch them; a host
-        // that writes them anyway only changes the frame it is about to receive
-        // (the closure writes the frame and does not base decisions on reading
-        // it back). The slice lives only for the closure call.
-        let buf = unsafe { core::slice::from_raw_parts_mut(p, len) };
-        f(buf)
-    }
-
     fn fence(&self) {
         fence(Ordering::SeqCst);
     }
@@ -145,7 +221,7 @@ impl SharedMem for Pool {
 
     #[cfg(feature = "unconstrained-io")]
     fn alias(&self) -> Self {
-        Pool {
+        SharedRegion {
             base: self.base,
             size: self.size,
         }

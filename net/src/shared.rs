@@ -2,10 +2,9 @@
 //!
 //! - [`SharedMem`]: the one shared-page pool, the only memory the host can read
 //!   or write. The network code never holds a reference into it; it moves data by
-//!   explicit copies (`read_*` copy out into private memory, `write_*` copy in),
-//!   except for [`SharedMem::fill`], which lends the TX path a buffer that has not
-//!   been posted to the device yet, so that frames are built in place (no second
-//!   bounce). The kernel implements it with volatile accesses
+//!   explicit copies (`read_*` copy out into private memory, `write_*` copy in;
+//!   a TX frame is built privately and written once). The kernel implements it
+//!   with volatile accesses
 //!   (`kernel/src/pool.rs`); tests implement it over a `Vec` and can change bytes
 //!   behind the driver's back.
 //! - [`IoPorts`]: register access to the legacy virtio-pci I/O BAR. The kernel
@@ -37,11 +36,6 @@ pub trait SharedMem {
     fn write_u32(&mut self, offset: usize, value: u32);
     /// One 64-bit store (naturally aligned `offset`).
     fn write_u64(&mut self, offset: usize, value: u64);
-
-    /// Lends `f` the `len` bytes at `offset` to write a frame in place. Only for
-    /// buffers the driver owns (not posted to the device). The closure must treat
-    /// the slice as write-mostly: the host may change it at any time.
-    fn fill<R>(&mut self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R;
 
     /// A full memory barrier between pool accesses and the device.
     fn fence(&self);

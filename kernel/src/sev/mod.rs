@@ -11,10 +11,8 @@
 //! all RAM from the e820 plan. The kernel never converts or validates anything
 //! else: the pool `[handoff.pool)` stays the one shared range.
 //!
-//! Pool page use (coordinated with `net::POOL_RESERVED` = 3 pages): page 0 is
-//! the GHCB, pages 1 and 2 are the SNP guest-request and response pages
-//! ([`GUEST_REQUEST_PAGE`], [`GUEST_RESPONSE_PAGE`]); the network driver gets
-//! the rest.
+//! The GHCB is the pool page `vellum_boot::layout::pool_pages::GHCB`; the
+//! other pool pages are handed out by `crate::pool::split`.
 //!
 //! Every failure under SNP ends in [`terminate`] (fail closed).
 
@@ -37,11 +35,6 @@ pub use ghcb::{GhcbPorts, exits, guest_request};
 
 /// SEV_STATUS bit 2: SEV-SNP active.
 const SEV_STATUS_SNP: u64 = 1 << 2;
-
-/// Pool offset of the SNP guest-request page (shared; for attestation).
-pub const GUEST_REQUEST_PAGE: u64 = PAGE_SIZE;
-/// Pool offset of the SNP guest-response page (shared; for attestation).
-pub const GUEST_RESPONSE_PAGE: u64 = 2 * PAGE_SIZE;
 
 /// Secrets page (reference §5): VMPCK0 at 0x20, VMPCK1..3 at 0x40, 0x60, 0x80,
 /// 32 bytes each.
@@ -88,7 +81,7 @@ pub fn init(handoff: &Handoff) {
     }
     SNP.store(true, Ordering::Relaxed);
     if handoff.ghcb == 0
-        || handoff.ghcb != handoff.pool[0]
+        || handoff.ghcb != layout::pool_page(layout::pool_pages::GHCB)
         || !handoff.ghcb.is_multiple_of(PAGE_SIZE)
     {
         terminate(TerminateReason::REGISTER);

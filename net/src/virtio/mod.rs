@@ -477,6 +477,8 @@ pub(crate) mod fake {
         pub(crate) written: Option<(usize, usize)>,
         /// Driver reads per offset (start of each access), cumulative.
         pub(crate) read_log: Vec<usize>,
+        /// Driver writes (offset, length), cumulative.
+        pub(crate) write_log: Vec<(usize, usize)>,
     }
 
     /// `Vec`-backed `SharedMem` that can lie; clones share the bytes.
@@ -493,6 +495,7 @@ pub(crate) mod fake {
                 flips: Vec::new(),
                 written: None,
                 read_log: Vec::new(),
+                write_log: Vec::new(),
             })))
         }
 
@@ -565,6 +568,7 @@ pub(crate) mod fake {
             assert!(off + len <= st.bytes.len(), "driver wrote outside the pool");
             let (lo, hi) = st.written.unwrap_or((off, off + len));
             st.written = Some((lo.min(off), hi.max(off + len)));
+            st.write_log.push((off, len));
         }
     }
 
@@ -607,16 +611,11 @@ pub(crate) mod fake {
             assert_eq!(offset % 8, 0);
             self.write_bytes(offset, &value.to_le_bytes());
         }
-        fn fill<R>(&mut self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-            self.record_write(offset, len);
-            let mut st = self.0.borrow_mut();
-            f(&mut st.bytes[offset..offset + len])
-        }
         fn fence(&self) {}
         #[cfg(feature = "unconstrained-io")]
         fn lend<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
             // A snapshot: the fake's bytes sit in a RefCell that the reply's
-            // `fill` borrows mutably while the frame is still being parsed.
+            // write borrows mutably while the frame is still being parsed.
             let bytes = self.peek(offset, len);
             f(&bytes)
         }

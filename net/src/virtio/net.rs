@@ -341,8 +341,9 @@ pub(crate) struct TxPath {
     pub(crate) rx_offload: bool,
     /// Something was posted since the last notify decision.
     dirty: bool,
-    /// Where a frame goes when no shared buffer is free (the frame is
-    /// dropped); allocated once.
+    /// Private memory where every frame is built (header room first), then
+    /// copied into its shared buffer, or dropped when none is free. Grows
+    /// once to the largest frame.
     scratch: Vec<u8>,
     guard: Guard,
     packets: u64,
@@ -403,13 +404,16 @@ impl TxPath {
         METRICS.tx_ring_full.inc();
     }
 
-    /// Builds one `len`-byte frame with `f` directly in a free shared TX
-    /// buffer, writes its virtio-net header and posts it (published at once,
-    /// notified at the next [`VirtioNet::flush`]). `segment` is the TSO
-    /// segment size smoltcp asked for (a TCP segment larger than the MTU,
-    /// built in a TSO buffer; the header tells the device to cut it).
-    /// Without a suitable free buffer (or for an oversized frame, a stack
-    /// bug) the frame is built in private scratch memory and dropped.
+    /// Builds one `len`-byte frame with `f` in private memory, writes its
+    /// virtio-net header in front of it, copies both into a free shared TX
+    /// buffer with one write and posts it (published at once, notified at the
+    /// next [`VirtioNet::flush`]). `segment` is the TSO segment size smoltcp
+    /// asked for (a TCP segment larger than the MTU, for a TSO buffer; the
+    /// header tells the device to cut it). The checksum and segmentation
+    /// fields are computed from the private frame: nothing is read back from
+    /// the pool, and no reference into it is ever made. Without a suitable free
+    /// buffer (or for an oversized frame, a stack bug) the frame is built and
+    /// dropped.
     pub(crate) fn send<M: SharedMem, R>(
         &mut self,
         mem: &mut M,
@@ -443,23 +447,27 @@ impl TxPath {
         } else {
             self.bufs + usize::from(slot) * BUF_SIZE
         };
-        let offload = self.offload;
-        let (r, csum) = mem.fill(off + hdr_len, len, |frame| {
-            let r = f(frame);
-            let csum = if offload {
-                phy::prepare_tx_checksum(frame).map(|(start, offset)| {
-                    // TCP data offset (header length in 32-bit words); the
-                    // frame is ours, `prepare_tx_checksum` checked its bounds.
-                    let tcp_hdr = frame
-                        .get(usize::from(start) + 12)
-                        .map_or(20, |b| u16::from(b >> 4) * 4);
-                    (start, offset, start + tcp_hdr)
-                })
-            } else {
-                None
-            };
-            (r, csum)
-        });
+        // The scratch buffer only ever holds frames built for the wire
+        // (smoltcp writes every byte of a frame it emits), so it holds no
+        // secret: it is not cleared between frames.
+        let total = hdr_len + len;
+        if self.scratch.len() < total {
+            self.scratch.resize(total, 0);
+        }
+        let (hdr_buf, frame) = self.scratch[..total].split_at_mut(hdr_len);
+        let r = f(frame);
+        let csum = if self.offload {
+            phy::prepare_tx_checksum(frame).map(|(start, offset)| {
+                // TCP data offset (header length in 32-bit words);
+                // `prepare_tx_checksum` checked the frame's bounds.
+                let tcp_hdr = frame
+                    .get(usize::from(start) + 12)
+                    .map_or(20, |b| u16::from(b >> 4) * 4);
+                (start, offset, start + tcp_hdr)
+            })
+        } else {
+            None
+        };
         // The 12-byte form's `num_buffers` stays 0 on transmit.
         let mut hdr = [0u8; NET_HDR_MRG_LEN];
         hdr[1] = NET_HDR_GSO_NONE;
@@ -481,13 +489,14 @@ impl TxPath {
             self.free.give_back(slot);
             return r;
         }
-        mem.write_bytes(off, &hdr[..hdr_len]);
+        hdr_buf.copy_from_slice(&hdr[..hdr_len]);
+        // The one write of this frame into the pool: header and frame.
+        mem.write_bytes(off, &self.scratch[..total]);
         let addr = mem.device_addr(off);
-        // `len + hdr_len ≤ TSO_BUF_SIZE` fits in u32.
-        let total = (hdr_len + len) as u32;
+        // `total ≤ TSO_BUF_SIZE` fits in u32.
         if self
             .queue
-            .post(mem, slot, addr, hdr_len as u32, total, false)
+            .post(mem, slot, addr, hdr_len as u32, total as u32, false)
         {
             self.queue.publish(mem);
             self.dirty = true;

@@ -5,8 +5,9 @@
 //!   borrows that private buffer; nothing the stack parses lives in the pool.
 //! - `transmit`: `None` (smoltcp's "exhausted") when no shared TX buffer is
 //!   free after reclaiming completions, counted in `tx_ring_full`. The
-//!   [`VirtioTxToken`] lets smoltcp build the frame in place in the shared
-//!   buffer via [`SharedMem::fill`], writes the header, posts and publishes it.
+//!   [`VirtioTxToken`] lets smoltcp build the frame in private memory; the
+//!   driver adds the header, copies both into a free shared buffer with one
+//!   write, posts and publishes it.
 //!   The device is notified once per poll loop iteration by
 //!   [`VirtioNet::flush`], not per frame.
 //! - The TX token handed out with an RX token (for immediate replies) takes a
@@ -37,7 +38,8 @@ impl phy::RxToken for VirtioRxToken<'_> {
     }
 }
 
-/// The right to send one frame, built in place in a shared TX buffer.
+/// The right to send one frame (built privately, then copied to a shared TX
+/// buffer).
 #[derive(Debug)]
 pub struct VirtioTxToken<'a, M: SharedMem> {
     tx: &'a mut TxPath,
@@ -195,9 +197,9 @@ const IP_UDP: u8 = 17;
 /// the device would include), the checksum is computed here instead and
 /// `None` is returned, as for every frame that needs no offload.
 ///
-/// The frame lives in the shared pool, so the host could change it while we
-/// read it: every access is bounds checked and nothing here can panic; a
-/// host that rewrites our frame only corrupts its own copy of it.
+/// The frame is private (built by smoltcp before it is copied to the pool);
+/// every access is bounds checked anyway, so a malformed frame from a stack
+/// bug gets no offload rather than a panic.
 pub(crate) fn prepare_tx_checksum(frame: &mut [u8]) -> Option<(u16, u16)> {
     if frame.get(12..14)? != ETHERTYPE_IPV4 {
         return None;
@@ -279,7 +281,7 @@ mod tests {
     use super::*;
     use crate::virtio::features::{F_ANY_LAYOUT, NET_F_CSUM, NET_F_HOST_TSO4, NET_F_MAC};
     use crate::virtio::net::tests::{OFFERED, Rig, cfg, check_invariants, frame, rig};
-    use crate::virtio::{NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_TCPV4};
+    use crate::virtio::{BUF_SIZE, NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_TCPV4};
 
     /// What a device does for `NEEDS_CSUM`.
     fn device_csum(frame: &mut [u8], start: usize, offset: usize) {
@@ -741,6 +743,31 @@ mod tests {
         );
         assert!(tso_frames > 20, "A sent {tso_frames} TSO frames");
         assert!(largest > 16 * 1024, "largest TSO frame {largest} bytes");
+        // TX with checksum offload and TSO never reads the pool back (the
+        // checksum and segmentation fields come from the private frame), and
+        // each frame, header included, reaches its buffer in one write.
+        let st = a.mem.0.borrow();
+        let tx_area = l.tx_bufs..l.end;
+        let tx_reads = st.read_log.iter().filter(|o| tx_area.contains(o)).count();
+        assert_eq!(tx_reads, 0, "the driver read its TX buffers back");
+        let tx_writes: Vec<_> = st
+            .write_log
+            .iter()
+            .filter(|(o, _)| tx_area.contains(o))
+            .collect();
+        for &&(o, len) in &tx_writes {
+            let small = o < l.tso_bufs && (o - l.tx_bufs) % BUF_SIZE == 0 && len <= BUF_SIZE;
+            let large = o >= l.tso_bufs && (o - l.tso_bufs) % TSO_BUF_SIZE == 0;
+            assert!(
+                small || large,
+                "a TX write at {o:#x}+{len} is not one whole buffer"
+            );
+        }
+        assert_eq!(
+            tx_writes.len() as u64,
+            a.drv.stats().tx_packets,
+            "one write per frame sent"
+        );
         // Counted on /metrics (other tests may add to the global counter).
         assert!(crate::metrics::METRICS.tx_tso_frames.get() - counted >= tso_frames as u64);
     }
