@@ -756,8 +756,9 @@ mod tests {
             .filter(|(o, _)| tx_area.contains(o))
             .collect();
         for &&(o, len) in &tx_writes {
-            let small = o < l.tso_bufs && (o - l.tx_bufs) % BUF_SIZE == 0 && len <= BUF_SIZE;
-            let large = o >= l.tso_bufs && (o - l.tso_bufs) % TSO_BUF_SIZE == 0;
+            let small =
+                o < l.tso_bufs && (o - l.tx_bufs).is_multiple_of(BUF_SIZE) && len <= BUF_SIZE;
+            let large = o >= l.tso_bufs && (o - l.tso_bufs).is_multiple_of(TSO_BUF_SIZE);
             assert!(
                 small || large,
                 "a TX write at {o:#x}+{len} is not one whole buffer"
