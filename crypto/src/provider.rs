@@ -1,6 +1,6 @@
 //! The rustls [`CryptoProvider`] for Vellum.
 //!
-//! # Choice of primitives (measured, issue 6)
+//! # Choice of primitives (measured)
 //!
 //! Host, one core, `cargo bench -p vellum-crypto --bench aead`, in-place
 //! seal/open, MB/s (10^6 B/s):

@@ -1,4 +1,4 @@
-//! `image verify`: remote attestation of a running Vellum guest (issue 6).
+//! `image verify`: remote attestation of a running Vellum guest.
 //!
 //! Connects to the guest's HTTPS service, keeps the certificate presented in
 //! the TLS handshake, asks `GET /attestation?nonce=<hex>` on that connection,

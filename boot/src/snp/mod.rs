@@ -1,4 +1,4 @@
-//! The pure half of Vellum's AMD SEV-SNP guest support (issue 4).
+//! The pure half of Vellum's AMD SEV-SNP guest support.
 //!
 //! Everything here is host-tested and free of `unsafe`: encoders and validating
 //! decoders for the GHCB MSR protocol, the GHCB page and its NAE calls, Page

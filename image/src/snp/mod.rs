@@ -1,4 +1,4 @@
-//! SEV-SNP launch measurement and ID block for Vellum images (issue 5).
+//! SEV-SNP launch measurement and ID block for Vellum images.
 //!
 //! - [`launch_digest`] / [`measure()`]: the digest the AMD-SP computes when QEMU 10
 //!   launches `-bios <image>` as an SNP guest (SNP FW ABI 56860 §8.17

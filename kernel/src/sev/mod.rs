@@ -1,4 +1,4 @@
-//! The kernel's AMD SEV-SNP support (issue 4): the GHCB boot registered, port
+//! The kernel's AMD SEV-SNP support: the GHCB boot registered, port
 //! I/O through it, the #VC handler (CPUID from the CPUID page, intercepted
 //! RDTSC/RDTSCP through the GHCB), termination (reasons in
 //! `docs/snp-termination.md`), the VMGEXIT and #VC counts shown on
@@ -46,7 +46,6 @@ static SNP: AtomicBool = AtomicBool::new(false);
 static GHCB_GPA: AtomicU64 = AtomicU64::new(0);
 static BOOT_VMGEXITS: AtomicU64 = AtomicU64::new(0);
 static CPUID: Once<CpuidPage> = Once::new();
-static WIPE_HOOK: Once<fn()> = Once::new();
 
 /// Whether the kernel runs as an SEV-SNP guest.
 pub fn is_snp() -> bool {
@@ -138,22 +137,13 @@ fn wipe_vmpck(from: u64, to: u64) {
     }
 }
 
-/// Registers the function that wipes the kernel's own key material (TLS keys,
-/// sessions) in [`wipe_secrets`]. Only the first registration counts.
-#[allow(dead_code, reason = "for the crypto/TLS code to register its wipe")]
-pub fn register_wipe_hook(hook: fn()) {
-    WIPE_HOOK.call_once(|| hook);
-}
-
-/// Wipes key material: the registered hook, then (under SNP) VMPCK0..3 on the
-/// secrets page. Called by the panic handler before it prints anything.
+/// Wipes key material the heap wipe does not reach: under SNP, VMPCK0..3 on
+/// the secrets page (TLS keys and sessions live on the heap, which the panic
+/// handler wipes next). Called by the panic handler before it prints anything.
 /// VMPCK0 stays on the secrets page until the first attestation request takes
 /// it into its cipher (on the heap, which the panic handler wipes next); after
 /// this call no guest request can be made.
 pub fn wipe_secrets() {
-    if let Some(hook) = WIPE_HOOK.get() {
-        hook();
-    }
     if is_snp() {
         wipe_vmpck(VMPCK0_OFFSET, VMPCK_END);
     }

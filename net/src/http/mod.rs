@@ -2,7 +2,7 @@
 //! socket.
 //!
 //! The module is split along the seam that lets the same engine run over plain
-//! TCP today and over TLS later:
+//! TCP and behind TLS (`vellum_crypto::TlsOver`):
 //!
 //! - [`parse`]: a request-head parser over a byte slice, with hard limits
 //!   ([`Limits`]). Pure functions, no allocation.

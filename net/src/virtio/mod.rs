@@ -150,9 +150,6 @@ pub const MAX_FRAME: usize = 1514;
 /// One packet buffer slot in the pool: header + frame, rounded to 2 KiB so
 /// that a slot never crosses a 4 KiB page (slots start page aligned).
 pub const BUF_SIZE: usize = 2048;
-/// Largest frame a receive buffer can hold (what RX buffers are posted with,
-/// minus the header).
-pub const MAX_RX_FRAME: usize = BUF_SIZE - NET_HDR_LEN;
 /// Legacy ring alignment and the queue PFN unit.
 pub const PAGE_SIZE: usize = 4096;
 /// Legacy queue index of the receive queue.
