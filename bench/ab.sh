@@ -44,6 +44,7 @@ list_a=$(mktemp) list_b=$(mktemp)
 trap 'git worktree remove --force "$WT" >/dev/null 2>&1 || true; rm -rf "$WT" "$list_a" "$list_b"' EXIT
 echo "bench/ab.sh: building A ($BASE) in a temporary worktree" >&2
 git worktree add -q --detach "$WT" "$BASE"
+ln -s "$ROOT/.vendor" "$WT/.vendor"   # patched ring, made by scripts/setup.sh
 (cd "$WT" && CARGO_TARGET_DIR=$ROOT/target/ab-base cargo run -q -p vellum-image -- build --out "$A" >/dev/null)
 echo "bench/ab.sh: building B (the working tree)" >&2
 cargo run -q -p vellum-image -- build --out "$B" >/dev/null

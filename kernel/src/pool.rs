@@ -173,9 +173,26 @@ impl SharedMem for SharedRegion {
 
     fn write_bytes(&mut self, offset: usize, src: &[u8]) {
         let dst = self.ptr(offset, src.len());
-        // SAFETY: inside the pool (checked); `src` is private; volatile so the
-        // stores are not elided.
-        unsafe { volatile_copy_nonoverlapping_memory(dst, src.as_ptr(), src.len()) };
+        // A loop of 8-byte volatile stores where `dst` is 8-byte aligned (every
+        // TX buffer and guest-message page is): `volatile_copy_*` becomes
+        // `rep movs`, which TCG runs one element per translated-block pass,
+        // and TX writes every frame through here (HTTP lost ~7 % to it).
+        let (words, tail) = if dst.cast::<u64>().is_aligned() {
+            let n = src.len() / 8;
+            (n, &src[n * 8..])
+        } else {
+            (0, src)
+        };
+        for (i, w) in src[..words * 8].chunks_exact(8).enumerate() {
+            let v = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            // SAFETY: `dst + 8i .. + 8` is inside the checked range and
+            // 8-byte aligned (checked above); one volatile store.
+            unsafe { write_volatile(dst.cast::<u64>().add(i), v) };
+        }
+        let rest = dst.wrapping_add(words * 8);
+        // SAFETY: the remaining bytes are inside the checked range; `tail` is
+        // private; volatile so the stores are not elided.
+        unsafe { volatile_copy_nonoverlapping_memory(rest, tail.as_ptr(), tail.len()) };
     }
 
     fn read_u16(&self, offset: usize) -> u16 {
