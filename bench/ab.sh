@@ -60,27 +60,17 @@ for r in $(seq "$ROUNDS"); do
   else run "$B" "$list_b"; run "$A" "$list_a"; fi
 done
 
-python3 - "$list_a" "$list_b" "$NET" "$BASE" <<'PY'
-import os, statistics, sys
-def load(listfile):
-    v = {}
-    for d in open(listfile).read().split():
-        for line in open(os.path.join(d, "results.tsv")):
-            p = line.rstrip("\n").split("\t")
-            if len(p) == 5 and p[3] in ("mbps", "rps"):
-                try:
-                    v.setdefault((p[0], p[3]), []).append(float(p[4]))
-                except ValueError:
-                    pass
-    return v
+python3 - "$ROOT/bench" "$list_a" "$list_b" "$NET" "$BASE" <<'PY'
+import statistics, sys
+sys.path.insert(0, sys.argv.pop(1))
+from results import fmt, load
 a, b, net, base = load(sys.argv[1]), load(sys.argv[2]), sys.argv[3], sys.argv[4]
 print(f"### Before ({base}) and after (working tree), net={net}, median (min-max) of the rounds\n")
 print("| figure | before | after | after / before |")
 print("|---|---:|---:|---:|")
-fmt = lambda xs, m: f"{m:.1f} ({min(xs):.1f}-{max(xs):.1f})"
 for key in sorted(set(a) & set(b)):
     ma, mb = statistics.median(a[key]), statistics.median(b[key])
-    print(f"| {key[0]} {key[1]} | {fmt(a[key], ma)} | {fmt(b[key], mb)} | {mb / ma if ma else float('nan'):.3f} |")
+    print(f"| {key[0]} {key[1]} | {fmt(a[key])} | {fmt(b[key])} | {mb / ma if ma else float('nan'):.3f} |")
 if not set(a) & set(b):
     print("no figure was measured for both images; see the harness run directories:")
 print("\nrun directories:", *open(sys.argv[1]).read().split(), *open(sys.argv[2]).read().split())

@@ -84,30 +84,20 @@ for r in $(seq "$ROUNDS"); do
   esac
 done
 
-python3 - "$list_c" "$list_u" "$NET" "$list_s" <<'EOF'
-import os, statistics, sys
-def load(listfile):
-    v = {}
-    for d in open(listfile).read().split():
-        for line in open(os.path.join(d, "results.tsv")):
-            p = line.rstrip("\n").split("\t")
-            if len(p) == 5 and p[3] in ("mbps", "rps"):
-                try:
-                    v.setdefault((p[0], p[3]), []).append(float(p[4]))
-                except ValueError:
-                    pass
-    return v
+python3 - "$ROOT/bench" "$list_c" "$list_u" "$NET" "$list_s" <<'EOF'
+import statistics, sys
+sys.path.insert(0, sys.argv.pop(1))
+from results import fmt, load
 c, u, net, s = load(sys.argv[1]), load(sys.argv[2]), sys.argv[3], load(sys.argv[4])
 print(f"### Constrained vs unconstrained I/O (net={net}, median (min-max) of the rounds)\n")
 print("Ratio at equal offloads: constrained without large receive / unconstrained")
 print("(which has none). The shipped build (with large receive) for reference.\n")
 print("| figure | constrained | unconstrained | ratio | target | met | shipped build |")
 print("|---|---:|---:|---:|---:|---|---:|")
-fmt = lambda xs, m: f"{m:.1f} ({min(xs):.1f}-{max(xs):.1f})"
 for key in sorted(set(c) & set(u)):
     mc, mu = statistics.median(c[key]), statistics.median(u[key])
     r = mc / mu if mu else float("nan")
-    ms = fmt(s[key], statistics.median(s[key])) if key in s else "-"
-    print(f"| {key[0]} {key[1]} | {fmt(c[key], mc)} | {fmt(u[key], mu)} | {r:.3f} | >= 0.97 | {'yes' if r >= 0.97 else 'NO'} | {ms} |")
+    ms = fmt(s[key]) if key in s else "-"
+    print(f"| {key[0]} {key[1]} | {fmt(c[key])} | {fmt(u[key])} | {r:.3f} | >= 0.97 | {'yes' if r >= 0.97 else 'NO'} | {ms} |")
 print("\nrun directories:", *open(sys.argv[1]).read().split(), *open(sys.argv[2]).read().split(), *open(sys.argv[4]).read().split())
 EOF
